@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,9 +210,11 @@ async def gateway_with(
     auth: AuthDouble | None = None,
     settings: Settings | None = None,
     configure: Callable[[Any], None] | None = None,
+    inference: Callable[[InMemoryBus, Topics, ChatRequested], Awaitable[None]] | None = None,
 ) -> AsyncIterator[GatewayUnderTest]:
     """The real gateway app on an in-memory bus, auth and history played by `auth`, and
-    a fake inference answering every chat request."""
+    a fake inference answering every chat request (`inference`, when given, in its
+    place: called with the bus, the topics and each request)."""
     auth = auth or AuthDouble()
     settings = settings or Settings(request_timeout_s=2.0, topic_prefix="unit-auth")
     if "governance_store" not in settings.model_fields_set:
@@ -224,6 +226,9 @@ async def gateway_with(
 
     async def fake_inference(event: Event) -> None:
         assert isinstance(event, ChatRequested)
+        if inference is not None:
+            await inference(bus, topics, event)
+            return
         reply = completed_reply(event)
         await bus.publish(
             topics.replies,

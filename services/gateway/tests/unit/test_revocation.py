@@ -5,16 +5,21 @@ held back until the state is loaded, and signing key rotation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import orjson
 import pytest
 
+from switchyard.common.errorformat import error_type
 from switchyard.common.events import (
     ApiKeyRevoked,
     ApiKeyRevokedData,
+    ChatCancelRequested,
     ChatCompleted,
+    ChatRequested,
     SigningKeyRotated,
     SigningKeyRotatedData,
     TokenFamilyRevoked,
@@ -30,6 +35,7 @@ from switchyard.gateway.config import Settings
 from switchyard.gateway.revocations import SNAPSHOT_SKEW_S, RevocationState
 
 from .auth_double import AuthDouble, gateway_with, new_rsa_key
+from .conftest import chunk
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -116,6 +122,127 @@ async def test_a_disabled_user_is_refused_within_a_second_and_back_when_enabled(
         await asyncio.sleep(0.05)
         assert await status_of(gw, token) == 200
         assert await status_of(gw, record.key) == 200
+
+
+@pytest.mark.parametrize("revocation", ["api_key", "user", "token", "sign_in"])
+async def test_a_revocation_ends_the_open_streams_of_its_credential_and_cancels_them(
+    revocation: str,
+) -> None:
+    """A leaked key's streams stop spending when it is revoked, not when they end: each
+    open stream of the revoked credential gets a 403 `credentials_revoked` (or
+    `user_disabled`) error event
+    after what it was given, and inference is asked to stop it; another caller's stream
+    runs on."""
+    cancelled: list[str] = []
+
+    async def first_chunk_only(bus, topics, request: ChatRequested) -> None:
+        await bus.publish(
+            topics.replies,
+            chunk(request, 0, "Hel"),
+            key=request.request_id,
+            partition=request.data.reply_to.partition,
+        )
+
+    async with gateway_with(inference=first_chunk_only) as gw:
+
+        async def on_control(control) -> None:
+            if isinstance(control, ChatCancelRequested):
+                cancelled.append(control.request_id)
+
+        await gw.bus.subscribe([gw.topics.control], "cancel-watch", on_control)
+        key = gw.auth.add_api_key(key_id="key-1", user_id="user-jwt")
+        credential = {
+            "api_key": key.key,
+            "user": key.key,
+            "token": gw.auth.token(jti="jti-1", sub="user-jwt"),
+            "sign_in": gw.auth.token(sid="family-a", sub="user-jwt"),
+        }[revocation]
+        other = gw.auth.add_api_key(key_id="key-2", user_id="user-other")
+        revoking = {
+            "api_key": event(
+                ApiKeyRevoked,
+                ApiKeyRevokedData(key_id="key-1", user_id="user-jwt", reason="admin"),
+            ),
+            "user": event(UserDisabled, UserStatusData(user_id="user-jwt")),
+            "token": event(
+                TokenRevoked, TokenRevokedData(jti="jti-1", user_id="user-jwt", expires_at=soon())
+            ),
+            "sign_in": event(
+                TokenFamilyRevoked,
+                TokenFamilyRevokedData(
+                    family_id="family-a",
+                    user_id="user-jwt",
+                    reason="reuse_detected",
+                    expires_at=soon(),
+                ),
+            ),
+        }[revocation]
+
+        async def read(secret: str) -> list[str]:
+            async with gw.client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={**BODY, "stream": True},
+                headers=bearer(secret),
+            ) as response:
+                assert response.status_code == 200
+                return [line async for line in response.aiter_lines() if line]
+
+        revoked = asyncio.ensure_future(read(credential))
+        bystander = asyncio.ensure_future(read(other.key))
+        pending = gw.app.state.gateway.pending
+        deadline = time.monotonic() + 5
+        # Both streams held, each with its first chunk received.
+        while not (
+            len(pending) == 2
+            and all(queue.taken + queue.events >= 1 for queue in pending._waiting.values())
+        ):
+            assert time.monotonic() < deadline, "the streams never started"
+            await asyncio.sleep(0.01)
+        await gw.publish_auth_event(revoking)
+        lines = await asyncio.wait_for(revoked, 5)
+
+        assert orjson.loads(lines[0][6:])["choices"][0]["delta"]["content"] == "Hel"
+        error = orjson.loads(lines[-1][6:])["error"]
+        assert error["code"] == ("user_disabled" if revocation == "user" else "credentials_revoked")
+        assert error["type"] == error_type("openai", 403)  # as the credential's jobs are
+        assert len(pending) == 1 and not bystander.done()  # another caller's runs on
+        deadline = time.monotonic() + 5
+        while not cancelled:
+            assert time.monotonic() < deadline, "inference was not asked to stop"
+            await asyncio.sleep(0.01)
+        assert len(cancelled) == 1
+        bystander.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bystander
+
+
+async def test_a_revocation_ends_a_waiting_json_request_in_its_apis_format() -> None:
+    async def never_answers(bus, topics, request: ChatRequested) -> None:
+        return None
+
+    async with gateway_with(inference=never_answers) as gw:
+        key = gw.auth.add_api_key(key_id="key-1", user_id="user-jwt")
+        waiting = asyncio.ensure_future(
+            gw.client.post(
+                "/v1/messages",
+                json={**BODY, "max_tokens": 16},
+                headers={**bearer(key.key), "anthropic-version": "2023-06-01"},
+            )
+        )
+        pending = gw.app.state.gateway.pending
+        deadline = time.monotonic() + 5
+        while len(pending) < 1:
+            assert time.monotonic() < deadline, "the request was never held"
+            await asyncio.sleep(0.01)
+        data = ApiKeyRevokedData(key_id="key-1", user_id="user-jwt", reason="admin")
+        await gw.publish_auth_event(event(ApiKeyRevoked, data))
+        answer = await asyncio.wait_for(waiting, 5)
+
+    assert answer.status_code == 403
+    assert answer.json()["type"] == "error"
+    assert answer.json()["error"]["type"] == error_type("anthropic", 403)
+    assert "revoked" in answer.json()["error"]["message"]
 
 
 async def test_an_expired_api_key_is_refused_even_from_the_cache() -> None:

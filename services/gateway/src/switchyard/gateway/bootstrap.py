@@ -36,9 +36,10 @@ from switchyard.gateway.internal_http import build_http_client
 from switchyard.gateway.recent_jobs import RecentIds, RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.request_id import RequestIds
-from switchyard.gateway.revocations import RevocationState, RevocationSync
+from switchyard.gateway.revocations import REVOKING_EVENTS, RevocationState, RevocationSync
 
 if TYPE_CHECKING:
+    from switchyard.common.events import Event
     from switchyard.gateway.cache import ResponseCache
 
 log = structlog.get_logger("switchyard.gateway")
@@ -137,6 +138,37 @@ class Gateway:
             log.warning("stopping: requests ended before their replies", ended=ended)
         return ended
 
+    def end_revoked_requests(self, event: Event | None = None) -> None:
+        """End every request still running whose caller is now refused (`event`, an auth
+        event, applied to `authenticator.revocations`; None: after the snapshot loaded):
+        403 `user_disabled` for a disabled user's, 403 `credentials_revoked` for a revoked
+        API key's, access token's or sign-in's, as their jobs are cancelled (a JSON
+        error, or a stream's error event after what it was given). Each is cancelled at
+        inference, so a leaked key's streams stop spending at once instead of running to
+        their end."""
+        if event is not None and not isinstance(event, REVOKING_EVENTS):
+            return
+        state = self.authenticator.revocations
+        disabled = self.pending.fail_where(
+            lambda caller: caller.user_id in state.disabled_users,
+            403,
+            "user_disabled",
+            "The user of this request was disabled while it ran; it has been cancelled.",
+        )
+        revoked = self.pending.fail_where(
+            lambda caller: state.is_revoked(
+                user_id=caller.user_id,
+                jti=caller.token_id,
+                session_id=caller.session_id,
+                api_key_id=caller.api_key_id,
+            ),
+            403,
+            "credentials_revoked",
+            "The credential of this request was revoked while it ran; it has been cancelled.",
+        )
+        if disabled or revoked:
+            log.warning("requests of revoked credentials ended", ended=disabled + revoked)
+
     async def limit_store_current(self) -> bool:
         """Readiness: False while the limit store's database lacks a table, column or
         function this version uses (its `switchyard db upgrade --service gateway` not run;
@@ -225,6 +257,9 @@ def build(
             parse_networks(settings.webhook_allowed_networks), resolve_timeout_s=2.0
         ),
     )
+    # After the authenticator's own hooks (its caches are purged first).
+    authenticator.revocations.add_hook(gateway.end_revoked_requests)
+    authenticator.revocations.add_loaded_hook(gateway.end_revoked_requests)
     gateway.admission = Admission(
         ledger=ledger if ledger is not None else build_ledger(settings),
         # Read through the gateway at each call, so a test that swaps `gateway.http`

@@ -337,6 +337,8 @@ class Dispatch:
             principal.tenant,
             dispatch.vendor,
             on_overflow=dispatch.client_disconnected,
+            caller=principal,
+            on_ended=dispatch.caller_revoked,
         )
         gateway.in_flight += 1
         IN_FLIGHT.inc()
@@ -607,6 +609,16 @@ class Dispatch:
         CANCELLED.labels(action).inc()
         if action == "cancel":
             self._cancel_in_background()
+
+    def caller_revoked(self) -> None:
+        """The caller's credential was revoked, or its user disabled, while the request ran
+        (`Gateway.end_revoked_requests` ended it): ask inference to stop it, whatever
+        `on_client_disconnect` says (a leaked key must stop spending), and keep no
+        answer under its Idempotency-Key."""
+        if self.finished:
+            return
+        self.request.scope.setdefault("state", {}).setdefault(STREAM_FAILED_STATUS, 403)
+        self._cancel_in_background()
 
     def _cancel_in_background(self) -> None:
         """Ask inference to stop the request (best effort, not waited for)."""

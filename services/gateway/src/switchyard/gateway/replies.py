@@ -28,6 +28,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -169,6 +170,10 @@ class PendingReplies:
         self._tenants: dict[str, str] = {}
         self._vendors: dict[str, Vendor] = {}
         self._on_overflow: dict[str, Callable[[], None]] = {}
+        # The caller of each request (the gateway's `Principal`), and what to call when the
+        # request is ended for its caller (`fail_where`).
+        self._callers: dict[str, Any] = {}
+        self._on_ended: dict[str, Callable[[], None]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -179,11 +184,14 @@ class PendingReplies:
         tenant: str | None = None,
         vendor: Vendor = "openai",
         on_overflow: Callable[[], None] | None = None,
+        caller: Any = None,
+        on_ended: Callable[[], None] | None = None,
     ) -> ReplyQueue:
         """Start collecting the replies of `request_id` (of `tenant`: a reply naming
         another tenant is not this request's, whatever wrote it; asked in the API of
         `vendor`); returns their queue. `on_overflow` is called once if the request's
-        stream is cut because its client reads too slowly."""
+        stream is cut because its client reads too slowly; `on_ended` once if it is ended
+        for its `caller` (`fail_where`)."""
         queue = ReplyQueue(self._clock)
         self._waiting[request_id] = queue
         if tenant is not None:
@@ -191,6 +199,10 @@ class PendingReplies:
         self._vendors[request_id] = vendor
         if on_overflow is not None:
             self._on_overflow[request_id] = on_overflow
+        if caller is not None:
+            self._callers[request_id] = caller
+        if on_ended is not None:
+            self._on_ended[request_id] = on_ended
         return queue
 
     def waiting_for(self, request_id: str) -> bool:
@@ -204,6 +216,8 @@ class PendingReplies:
         self._tenants.pop(request_id, None)
         self._vendors.pop(request_id, None)
         self._on_overflow.pop(request_id, None)
+        self._callers.pop(request_id, None)
+        self._on_ended.pop(request_id, None)
 
     def fail_all(self, status: int, code: str, message: str) -> int:
         """End every request still waiting as failed here, without its reply: each gets a
@@ -213,6 +227,26 @@ class PendingReplies:
         for request_id, queue in self._waiting.items():
             queue.put_nowait(self._failure(request_id, status, code, message))
         return len(self._waiting)
+
+    def fail_where(
+        self, matches: Callable[[Any], bool], status: int, code: str, message: str
+    ) -> int:
+        """End each request waiting whose caller (`open`'s `caller`) `matches`: its client
+        gets what was relayed to it so far, then a `chat.failed` (source `gateway`, as in
+        `fail_all`) of HTTP `status`, `code` and `message`; later replies are dropped and
+        its `on_ended` is called (to ask inference to stop). Returns how many it ended."""
+        ended = [
+            request_id
+            for request_id, caller in self._callers.items()
+            if request_id in self._waiting and matches(caller)
+        ]
+        for request_id in ended:
+            self._waiting[request_id].put_nowait(self._failure(request_id, status, code, message))
+            on_ended = self._on_ended.get(request_id)
+            self.close(request_id)
+            if on_ended is not None:
+                on_ended()
+        return len(ended)
 
     def _failure(self, request_id: str, status: int, code: str, message: str) -> ChatFailed:
         return gateway_failure(

@@ -52,6 +52,8 @@ AUTH_EVENTS = (
     SigningKeyRotated,
     LimitsChanged,
 )
+# The events that refuse a caller from then on (the rest allow, or change something else).
+REVOKING_EVENTS = (ApiKeyRevoked, UserDisabled, TokenRevoked, TokenFamilyRevoked)
 EVENTS_APPLIED = Counter(
     "switchyard_gateway_auth_events_applied", "Auth events applied by this replica.", ["type"]
 )
