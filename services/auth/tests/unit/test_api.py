@@ -384,7 +384,7 @@ def test_reads_answer_while_another_connection_writes(
         lambda: client.get("/v1/me", headers=bearer),
         lambda: client.get("/v1/api-keys", headers=bearer),
     ]
-    holder = sqlite3.connect(tmp_path / "auth.db", isolation_level=None)
+    holder = sqlite3.connect(tmp_path / "auth.db", timeout=30, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         answers = []

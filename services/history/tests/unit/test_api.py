@@ -326,9 +326,6 @@ async def test_ready_when_database_and_bus_answer_and_metrics_count_events(servi
     ("path", "params"),
     [
         ("/readyz", {}),
-        ("/v1/history", {}),
-        ("/v1/jobs", {}),
-        ("/v1/usage", {"since": "1d"}),
         ("/v1/usage/performance", {"since": "1d"}),
         ("/internal/v1/cache/settings", {}),
         ("/internal/v1/cache/entries/" + "0" * 64, {}),
@@ -337,17 +334,20 @@ async def test_ready_when_database_and_bus_answer_and_metrics_count_events(servi
 async def test_reads_answer_while_another_connection_writes(
     service, events, tmp_path, path, params
 ):
-    """The readiness probe, history pages and reports read without SQLite's write lock: a
-    write in progress (the recorder's, or another process's held longer than a probe's
-    2 s) does not keep them waiting. They would otherwise wait up to SQLite's 15 s busy
-    timeout (the probe answering 503 meanwhile), and hold the recorder up as they read."""
+    """The readiness probe, the performance report and the cache lookups read without
+    SQLite's write lock: a write in progress (the recorder's, or another process's held
+    longer than a probe's 2 s) does not keep them waiting. They would otherwise wait up
+    to SQLite's 15 s busy timeout (the probe answering 503 meanwhile), and hold the
+    recorder up as they read. (History's pages still wait for a write in progress: it may
+    be what was just answered.)"""
     import sqlite3
     import time
 
     request = events.requested()
     await service.publish(request)
     await service.wait_for(request.request_id, "pending")
-    holder = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    # (Waiting its turn behind the recorder, should it be writing.)
+    holder = sqlite3.connect(tmp_path / "history.db", timeout=30, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
@@ -360,8 +360,6 @@ async def test_reads_answer_while_another_connection_writes(
     # (No entry is cached under that key: a miss, looked up as quickly.)
     assert answer.status_code == (404 if "/entries/" in path else 200), answer.text
     assert elapsed < 2.0
-    if path == "/v1/history":
-        assert [item["id"] for item in answer.json()["data"]] == [request.request_id]
 
 
 async def test_not_ready_while_the_database_is_unreachable(events):

@@ -146,9 +146,10 @@ def build(
         replays=ReplayStore(engine, max_requests=settings.replay_max_requests),
         engine=engine,
         recorder=recorder,
-        # Reads only: a page, a report or a stored response does not wait behind the
-        # recorder's writes on SQLite, nor hold them up while it reads.
-        queries=HistoryQueries(read_only(engine)),
+        # On SQLite its reads take the write lock as writes do: one that comes while the
+        # recorder writes what was just answered waits for it (read-your-writes, beyond
+        # the read barrier's bound), where a deferred read would not see it yet.
+        queries=HistoryQueries(engine),
         tenants=tenants,
         idempotency=idempotency,
         webhooks=WebhookDispatcher(
