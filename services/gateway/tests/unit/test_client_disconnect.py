@@ -305,6 +305,65 @@ async def test_a_stream_its_client_left_is_not_kept_under_its_idempotency_key(ha
     assert len(harness.requests) == 2
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_request_ended_by_a_revocation_is_not_kept_under_its_idempotency_key(
+    harness, stream
+):
+    """Its 403 `credentials_revoked` is no answer to keep: the caller's retry with a new
+    credential (a new sign-in, a rotated key) runs the request, not a replay of the 403
+    for the key's whole lifetime."""
+    from datetime import UTC, datetime, timedelta
+
+    from switchyard.common.events import TokenRevoked, TokenRevokedData, new_id
+
+    from .conftest import completed_reply
+    from .history_fakes import install
+
+    await install(harness)
+    harness.respond[0] = never_finishes
+    gateway = harness.app.state.gateway
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": stream,
+    }
+    key = {"Idempotency-Key": f"revoked-{stream}"}
+    # With `history:read`, a key is the user's across credentials (`claimed_key`).
+    reads = ["chat", "history:read"]
+    old = {"Authorization": f"Bearer {harness.auth.token(jti='jti-old', scopes=reads)}", **key}
+    first = asyncio.ensure_future(
+        harness.client.post("/v1/chat/completions", json=body, headers=old)
+    )
+    await async_wait_until(
+        lambda: asyncio.sleep(0, len(gateway.pending) == 1),
+        timeout=5,
+        message="the request to be held",
+    )
+    revoked = TokenRevokedData(
+        jti="jti-old", user_id="user-jwt", expires_at=datetime.now(UTC) + timedelta(minutes=5)
+    )
+    gateway.authenticator.revocations.apply(
+        TokenRevoked(source="auth", tenant="acme", request_id=new_id(), data=revoked)
+    )
+    ended = await asyncio.wait_for(first, 5)
+    assert "credentials_revoked" in ended.text
+    assert ended.status_code == (200 if stream else 403)
+    await async_wait_until(
+        lambda: asyncio.sleep(0, gateway.in_flight == 0),
+        timeout=5,
+        message="the first request to end",
+    )
+    harness.respond[0] = lambda request: asyncio.sleep(
+        0, [chunk(request, 0, "all"), completed_reply(request)]
+    )
+    new = {"Authorization": f"Bearer {harness.auth.token(jti='jti-new', scopes=reads)}", **key}
+    again = await harness.client.post("/v1/chat/completions", json=body, headers=new)
+
+    assert again.status_code == 200, again.text
+    assert "idempotent-replayed" not in again.headers
+    assert len(harness.requests) == 2  # run again
+
+
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
 async def test_a_stream_read_to_its_own_end_is_kept_though_its_outcome_came_later(harness, path):
     """Messages' `message_stop` (the Responses API's `response.completed`) is an event of

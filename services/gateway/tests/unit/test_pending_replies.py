@@ -221,3 +221,28 @@ async def test_a_final_reply_never_cuts_a_stream() -> None:
     clock.now += READER_STALL_S
     await pending.deliver(completed("r1", "acme", "done"))
     assert cut == [] and queue.qsize() == 21
+
+
+async def test_fail_where_ends_the_matching_requests_but_none_whose_outcome_came() -> None:
+    # A request of a revoked credential (`Gateway.end_revoked_requests`) gets its failure
+    # after what it had; one whose completion is queued already is answered by it.
+    pending = PendingReplies()
+    ended: list[str] = []
+    streaming = pending.open("r1", "acme", caller="revoked", on_ended=lambda: ended.append("r1"))
+    answered = pending.open("r2", "acme", caller="revoked", on_ended=lambda: ended.append("r2"))
+    other = pending.open("r3", "acme", caller="other", on_ended=lambda: ended.append("r3"))
+    await pending.deliver(chunk_of("r1", 0))
+    await pending.deliver(chunk_of("r2", 0))
+    await pending.deliver(completed("r2", "acme", "whole"))
+
+    assert pending.fail_where(lambda caller: caller == "revoked", 403, "x_revoked", "gone") == 1
+
+    assert ended == ["r1"]
+    assert isinstance(streaming.get_nowait(), ChatChunk)
+    failure = streaming.get_nowait()
+    assert isinstance(failure, ChatFailed) and failure.data.error.code == "x_revoked"
+    assert failure.data.error.status == 403
+    assert not pending.waiting_for("r1")  # later replies are dropped
+    answered.get_nowait()
+    assert isinstance(answered.get_nowait(), ChatCompleted)
+    assert pending.waiting_for("r2") and pending.waiting_for("r3") and other.empty()

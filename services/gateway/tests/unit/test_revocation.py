@@ -217,6 +217,35 @@ async def test_a_revocation_ends_the_open_streams_of_its_credential_and_cancels_
             await bystander
 
 
+async def test_a_revocation_applied_while_a_request_is_admitted_refuses_it(monkeypatch) -> None:
+    """A revocation that arrives while a request is being admitted (its body read, its
+    limits checked) finds it nowhere to end: it is refused before it is published."""
+    from switchyard.gateway import dispatch
+
+    admitted = dispatch.admit
+    published: list[ChatRequested] = []
+
+    async def record(bus, topics, request: ChatRequested) -> None:
+        published.append(request)
+
+    async with gateway_with(inference=record) as gw:
+        key = gw.auth.add_api_key(key_id="key-1", user_id="user-jwt")
+
+        async def admit_then_revoke(*args, **kwargs):
+            ticket = await admitted(*args, **kwargs)
+            data = ApiKeyRevokedData(key_id="key-1", user_id="user-jwt", reason="admin")
+            gw.app.state.gateway.authenticator.revocations.apply(event(ApiKeyRevoked, data))
+            return ticket
+
+        monkeypatch.setattr(dispatch, "admit", admit_then_revoke)
+        answer = await gw.client.post("/v1/chat/completions", json=BODY, headers=bearer(key.key))
+        await asyncio.sleep(0.1)
+
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["code"] == "credentials_revoked"
+    assert published == []
+
+
 async def test_a_revocation_ends_a_waiting_json_request_in_its_apis_format() -> None:
     async def never_answers(bus, topics, request: ChatRequested) -> None:
         return None

@@ -36,10 +36,16 @@ from switchyard.gateway.internal_http import build_http_client
 from switchyard.gateway.recent_jobs import RecentIds, RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.request_id import RequestIds
-from switchyard.gateway.revocations import REVOKING_EVENTS, RevocationState, RevocationSync
+from switchyard.gateway.revocations import (
+    REVOKED_MESSAGES,
+    REVOKING_EVENTS,
+    RevocationState,
+    RevocationSync,
+)
 
 if TYPE_CHECKING:
     from switchyard.common.events import Event
+    from switchyard.gateway.auth import Principal
     from switchyard.gateway.cache import ResponseCache
 
 log = structlog.get_logger("switchyard.gateway")
@@ -148,26 +154,30 @@ class Gateway:
         their end."""
         if event is not None and not isinstance(event, REVOKING_EVENTS):
             return
-        state = self.authenticator.revocations
-        disabled = self.pending.fail_where(
-            lambda caller: caller.user_id in state.disabled_users,
-            403,
-            "user_disabled",
-            "The user of this request was disabled while it ran; it has been cancelled.",
+        ended = 0
+        for code, message in REVOKED_MESSAGES.items():
+
+            def refused(dispatch: Any, code: str = code) -> bool:
+                principal = dispatch.principal
+                return (
+                    principal is not None
+                    and dispatch.may_be_ended()
+                    and self.refusal_code(principal) == code
+                )
+
+            ended += self.pending.fail_where(refused, 403, code, message)
+        if ended:
+            log.warning("requests of revoked credentials ended", ended=ended)
+
+    def refusal_code(self, principal: Principal) -> str | None:
+        """Why `principal` is refused now (`RevocationState.refusal_code`): the code a
+        request of theirs is ended with, or None."""
+        return self.authenticator.revocations.refusal_code(
+            user_id=principal.user_id,
+            jti=principal.token_id,
+            session_id=principal.session_id,
+            api_key_id=principal.api_key_id,
         )
-        revoked = self.pending.fail_where(
-            lambda caller: state.is_revoked(
-                user_id=caller.user_id,
-                jti=caller.token_id,
-                session_id=caller.session_id,
-                api_key_id=caller.api_key_id,
-            ),
-            403,
-            "credentials_revoked",
-            "The credential of this request was revoked while it ran; it has been cancelled.",
-        )
-        if disabled or revoked:
-            log.warning("requests of revoked credentials ended", ended=disabled + revoked)
 
     async def limit_store_current(self) -> bool:
         """Readiness: False while the limit store's database lacks a table, column or

@@ -86,6 +86,7 @@ from switchyard.gateway.intake import (
 )
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
+from switchyard.gateway.revocations import REVOKED_MESSAGES
 
 # Key in an ASGI scope's `state`: the HTTP status of the error a stream answered 200 ended
 # with (`Dispatch._stream_failure`), for the middlewares that look at the outcome.
@@ -93,6 +94,10 @@ STREAM_FAILED_STATUS = "switchyard.stream_failed_status"
 # Set (True) in a request's scope state when it was published and its reply did not come
 # by its deadline: it may have run (`idempotency` keeps its key for that outcome).
 OUTCOME_UNKNOWN = "switchyard.outcome_unknown"
+# Set (True) in a request's scope state when its answer must not be kept under its
+# Idempotency-Key whatever its status: one ended because its credential was revoked
+# (`Dispatch.caller_revoked`), whose retry with a new credential must run.
+NOT_KEPT = "switchyard.not_kept"
 
 log = structlog.get_logger("switchyard.gateway.dispatch")
 
@@ -242,6 +247,8 @@ class Dispatch:
     ticket: Ticket | None = None
     # The response cache's part (cache.py): None unless the request opted in.
     cache: CacheTicket | None = None
+    # Who asked (set by `start`): a revocation of its credential ends the request.
+    principal: Principal | None = None
     _queue: asyncio.Queue[Reply] | None = None
     # Watches for the client to go while replies are relayed: one per request, started by
     # the first `_next`, cancelled by `close`.
@@ -329,15 +336,23 @@ class Dispatch:
         # A stream has `request_timeout_s` to start and `stream_timeout_s` in all: a long
         # generation keeps streaming past the first.
         timeout_s = gateway.settings.timeout_for(client.stream)
+        # A revocation applied while the request was admitted (its body read, its limits
+        # checked) finds it nowhere: checked here, with no wait from here until it is
+        # held where the next revocation finds it (`Gateway.end_revoked_requests`).
+        refused = gateway.refusal_code(principal)
+        if refused is not None:
+            ticket.cancel()
+            raise APIError(403, REVOKED_MESSAGES[refused], code=refused)
         ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         dispatch.start_deadline = dispatch.started + gateway.settings.request_timeout_s
+        dispatch.principal = principal
         dispatch._queue = gateway.pending.open(
             dispatch.request_id,
             principal.tenant,
             dispatch.vendor,
             on_overflow=dispatch.client_disconnected,
-            caller=principal,
+            caller=dispatch,
             on_ended=dispatch.caller_revoked,
         )
         gateway.in_flight += 1
@@ -610,14 +625,20 @@ class Dispatch:
         if action == "cancel":
             self._cancel_in_background()
 
+    def may_be_ended(self) -> bool:
+        """Whether the gateway may still end this request with an error of its own: not
+        once it finished, nor once its stream's own last event was relayed (its client
+        has the whole answer)."""
+        return not (self.finished or self._ended_in_stream or self._closed)
+
     def caller_revoked(self) -> None:
         """The caller's credential was revoked, or its user disabled, while the request ran
         (`Gateway.end_revoked_requests` ended it): ask inference to stop it, whatever
         `on_client_disconnect` says (a leaked key must stop spending), and keep no
-        answer under its Idempotency-Key."""
-        if self.finished:
-            return
-        self.request.scope.setdefault("state", {}).setdefault(STREAM_FAILED_STATUS, 403)
+        answer under its Idempotency-Key (`NOT_KEPT`)."""
+        state = self.request.scope.setdefault("state", {})
+        state[NOT_KEPT] = True
+        state.setdefault(STREAM_FAILED_STATUS, 403)
         self._cancel_in_background()
 
     def _cancel_in_background(self) -> None:

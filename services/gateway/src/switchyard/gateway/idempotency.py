@@ -87,7 +87,12 @@ from switchyard.gateway.auth import (
     request_client_key,
 )
 from switchyard.gateway.cache import CACHE_HEADER
-from switchyard.gateway.dispatch import OUTCOME_UNKNOWN, STREAM_FAILED_STATUS, TOKEN_COUNT_HEADER
+from switchyard.gateway.dispatch import (
+    NOT_KEPT,
+    OUTCOME_UNKNOWN,
+    STREAM_FAILED_STATUS,
+    TOKEN_COUNT_HEADER,
+)
 from switchyard.gateway.errors import respond
 from switchyard.gateway.intake import serves
 
@@ -571,7 +576,10 @@ class IdempotencyMiddleware:
             ran = request_id is not None or (scope["path"] in CREATING_PATHS and status == 201)
             # A stream is answered 200 before it runs: one that then failed says so only
             # in its last event, whose status decides as a JSON answer's would.
-            failed = scope.get("state", {}).get(STREAM_FAILED_STATUS)
+            state = scope.get("state", {})
+            if state.get(NOT_KEPT):
+                return False
+            failed = state.get(STREAM_FAILED_STATUS)
             outcome = failed if isinstance(failed, int) else status
             return ran and _kept_status(status) and _kept_status(outcome) and size <= max_bytes
 

@@ -84,6 +84,8 @@ class ReplyQueue(asyncio.Queue[Reply]):
         super().__init__()
         self.events = 0
         self.reader_waiting = False
+        # Whether the request's outcome (a completion or a failure) is in it already.
+        self.answered = False
         self._clock = clock
         self.stalled_since = clock()
         # Stream events taken since the queue opened, and the reader's pace: the window
@@ -112,6 +114,8 @@ class ReplyQueue(asyncio.Queue[Reply]):
             self.stalled_since = self._clock()  # nothing waited before it
         super()._put(item)
         self.events += _events_in(item)
+        if not isinstance(item, ChatChunk):
+            self.answered = True
 
     def _get(self) -> Reply:
         item = super()._get()
@@ -231,14 +235,17 @@ class PendingReplies:
     def fail_where(
         self, matches: Callable[[Any], bool], status: int, code: str, message: str
     ) -> int:
-        """End each request waiting whose caller (`open`'s `caller`) `matches`: its client
+        """End each request waiting whose caller (`open`'s `caller`) `matches` and whose
+        outcome is not queued for it already: its client
         gets what was relayed to it so far, then a `chat.failed` (source `gateway`, as in
         `fail_all`) of HTTP `status`, `code` and `message`; later replies are dropped and
         its `on_ended` is called (to ask inference to stop). Returns how many it ended."""
         ended = [
             request_id
             for request_id, caller in self._callers.items()
-            if request_id in self._waiting and matches(caller)
+            if request_id in self._waiting
+            and not self._waiting[request_id].answered  # its outcome came first
+            and matches(caller)
         ]
         for request_id in ended:
             self._waiting[request_id].put_nowait(self._failure(request_id, status, code, message))

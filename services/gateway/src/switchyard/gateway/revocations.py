@@ -54,6 +54,13 @@ AUTH_EVENTS = (
 )
 # The events that refuse a caller from then on (the rest allow, or change something else).
 REVOKING_EVENTS = (ApiKeyRevoked, UserDisabled, TokenRevoked, TokenFamilyRevoked)
+# What a request is ended with (403) when its caller is refused while it runs, by the
+# code `RevocationState.refusal_code` gives: the codes its jobs are cancelled with.
+REVOKED_MESSAGES = {
+    "user_disabled": "The user of this request was disabled while it ran; it has been cancelled.",
+    "credentials_revoked": "The credential of this request was revoked while it ran; it "
+    "has been cancelled.",
+}
 EVENTS_APPLIED = Counter(
     "switchyard_gateway_auth_events_applied", "Auth events applied by this replica.", ["type"]
 )
@@ -144,6 +151,23 @@ class RevocationState:
             or (session_id is not None and session_id in self.revoked_sessions)
             or (api_key_id is not None and api_key_id in self.revoked_keys)
         )
+
+    def refusal_code(
+        self,
+        *,
+        user_id: str,
+        jti: str | None = None,
+        session_id: str | None = None,
+        api_key_id: str | None = None,
+    ) -> str | None:
+        """Why a caller is refused now, as the code a request of theirs is ended with
+        (`REVOKED_MESSAGES`): `user_disabled`, `credentials_revoked` (the token, its
+        sign-in or the API key revoked), or None when it is not."""
+        if user_id in self.disabled_users:
+            return "user_disabled"
+        if self.is_revoked(user_id=user_id, jti=jti, session_id=session_id, api_key_id=api_key_id):
+            return "credentials_revoked"
+        return None
 
     def apply(self, event: Event) -> None:
         """Apply an auth event (others are ignored), record it while a snapshot is loading,
