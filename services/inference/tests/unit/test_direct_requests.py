@@ -770,3 +770,24 @@ async def test_an_idle_connection_is_let_go_before_a_five_second_server_closes_i
         await upstream.aclose()
         server.should_exit = True
         await serving
+
+
+async def test_an_error_string_in_place_of_a_chunk_fails_the_stream_with_its_message(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
+) -> None:
+    # Some OpenAI-compatible servers stream `{"error": "<message>", "error_type": ...}`:
+    # a failure quoting the upstream, not a chunk passed on, nor a success once `[DONE]`.
+    upstream, _ = pair
+    events: list[tuple[str | None, Any]] = [
+        (None, {"choices": [{"delta": {"content": "a"}}]}),
+        (None, {"error": "Model is overloaded", "error_type": "overloaded"}),
+        (None, "[DONE]"),
+    ]
+    recorder.script(Scripted(events=events))
+
+    got = []
+    with pytest.raises(ProviderError) as failure:
+        async for sse in upstream.stream(PATHS[upstream.protocol], BODY, {}, 5):
+            got.append(sse.data)
+    assert got == [events[0][1]]
+    assert "Model is overloaded" in failure.value.message

@@ -1341,17 +1341,22 @@ class SDKUpstream:
                     event == "error"
                     or parsed.get("type") == "error"
                     or (
-                        isinstance(parsed.get("error"), dict)
+                        parsed.get("error") is not None
                         and "type" not in parsed
                         and not parsed.get("choices")
                     )
                 ):
                     # Anthropic's error event and OpenAI's error object nest the error
-                    # (`error`); a Responses `error` event is the error itself. An event
-                    # that names another type is not one, whatever `error` member it has
-                    # (an event added to the API after this code, `"error": null`).
+                    # (`error`; a string in some OpenAI-compatible servers'); a Responses
+                    # `error` event is the error itself. An event that names another type
+                    # is not one, whatever `error` member it has (an event added to the
+                    # API after this code, `"error": null`).
                     inner = parsed.get("error")
-                    error = inner if isinstance(inner, dict) else parsed
+                    if isinstance(inner, str):
+                        # Its message, and its type beside it (TGI's `error_type`).
+                        error = {"message": inner, "type": parsed.get("error_type")}
+                    else:
+                        error = inner if isinstance(inner, dict) else parsed
                     raise stream_error(self.deployment, self.protocol, error)
                 end.see(parsed)
                 yield SSE(event, parsed)
