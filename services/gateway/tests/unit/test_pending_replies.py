@@ -228,16 +228,22 @@ async def test_fail_where_ends_the_matching_requests_but_none_whose_outcome_came
     # after what it had; one whose completion is queued already is answered by it.
     pending = PendingReplies()
     ended: list[str] = []
-    streaming = pending.open("r1", "acme", caller="revoked", on_ended=lambda: ended.append("r1"))
-    answered = pending.open("r2", "acme", caller="revoked", on_ended=lambda: ended.append("r2"))
-    other = pending.open("r3", "acme", caller="other", on_ended=lambda: ended.append("r3"))
+    streaming = pending.open(
+        "r1", "acme", caller="revoked", on_ended=lambda code: ended.append(("r1", code))
+    )
+    answered = pending.open(
+        "r2", "acme", caller="revoked", on_ended=lambda code: ended.append(("r2", code))
+    )
+    other = pending.open(
+        "r3", "acme", caller="other", on_ended=lambda code: ended.append(("r3", code))
+    )
     await pending.deliver(chunk_of("r1", 0))
     await pending.deliver(chunk_of("r2", 0))
     await pending.deliver(completed("r2", "acme", "whole"))
 
     assert pending.fail_where(lambda caller: caller == "revoked", 403, "x_revoked", "gone") == 1
 
-    assert ended == ["r1"]
+    assert ended == [("r1", "x_revoked")]
     assert isinstance(streaming.get_nowait(), ChatChunk)
     failure = streaming.get_nowait()
     assert isinstance(failure, ChatFailed) and failure.data.error.code == "x_revoked"

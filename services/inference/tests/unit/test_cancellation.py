@@ -126,6 +126,33 @@ async def test_a_cancellation_that_arrives_first_stops_the_request_before_it_sta
     assert (await harness.usage_of(request.request_id)).data.usage.total_tokens == 0
 
 
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("reason", ["credentials_revoked", "user_disabled"])
+async def test_a_cancellation_for_a_refused_caller_is_recorded_with_its_reason(
+    harness, simulator, reason, first
+) -> None:
+    # The gateway cancels the requests of a key revoked (a user disabled) while they run:
+    # recorded as such, with the 403 its jobs get, not as a client that went away.
+    simulator.fault(hang=True)
+    request = chat_request(model="m")
+    if first:
+        await harness.handler.cancel(cancel_request(request.request_id, reason))
+        reply = await harness.handle(request)
+    else:
+        handling = asyncio.create_task(harness.handler(request))
+        await async_wait_until(
+            _upstream_called(simulator), timeout=5, interval=0.01, message="call"
+        )
+        await harness.handler.cancel(cancel_request(request.request_id, reason))
+        reply = await harness.reply(request.request_id, timeout=2)
+        await handling
+
+    assert isinstance(reply, ChatFailed) and reply.data.status == "cancelled"
+    error = reply.data.error
+    assert (error.status, error.type, error.code) == (403, "permission_error", reason)
+    assert (await harness.usage_of(request.request_id)).data.status == "cancelled"
+
+
 async def test_cancelling_a_batch_request_waiting_for_its_lane(harness, simulator) -> None:
     simulator.fault(hang=True, count=2)
     busy = [chat_request(model="m") for _ in range(2)]  # interactive lane half full or more

@@ -631,19 +631,20 @@ class Dispatch:
         has the whole answer)."""
         return not (self.finished or self._ended_in_stream or self._closed)
 
-    def caller_revoked(self) -> None:
+    def caller_revoked(self, code: str = "credentials_revoked") -> None:
         """The caller's credential was revoked, or its user disabled, while the request ran
         (`Gateway.end_revoked_requests` ended it): ask inference to stop it, whatever
         `on_client_disconnect` says (a leaked key must stop spending), and keep no
-        answer under its Idempotency-Key (`NOT_KEPT`)."""
+        answer under its Idempotency-Key (`NOT_KEPT`). `code` (`credentials_revoked`,
+        `user_disabled`) is the cancellation's reason, which its record keeps."""
         state = self.request.scope.setdefault("state", {})
         state[NOT_KEPT] = True
         state.setdefault(STREAM_FAILED_STATUS, 403)
-        self._cancel_in_background()
+        self._cancel_in_background(reason=code)
 
-    def _cancel_in_background(self) -> None:
-        """Ask inference to stop the request (best effort, not waited for)."""
-        task = asyncio.ensure_future(self._publish_cancel())
+    def _cancel_in_background(self, reason: str = "client_disconnected") -> None:
+        """Ask inference to stop the request (best effort, not waited for), for `reason`."""
+        task = asyncio.ensure_future(self._publish_cancel(reason=reason))
         self.gateway.background.add(task)
         task.add_done_callback(self.gateway.background.discard)
 
@@ -663,15 +664,17 @@ class Dispatch:
             headers={REQUEST_ID_HEADER: self.request_id},
         )
 
-    async def _publish_cancel(self, retry_for_s: float = 0.0) -> None:
-        """Publish `chat.cancel_requested` for this request on the control topic; while the
-        bus refuses it, retry (with backoff) for up to `retry_for_s` seconds, then give up
-        with a warning. Never raises BusUnavailableError."""
+    async def _publish_cancel(
+        self, retry_for_s: float = 0.0, reason: str = "client_disconnected"
+    ) -> None:
+        """Publish `chat.cancel_requested` for this request, for `reason`, on the control
+        topic; while the bus refuses it, retry (with backoff) for up to `retry_for_s`
+        seconds, then give up with a warning. Never raises BusUnavailableError."""
         event = ChatCancelRequested(
             source="gateway",
             tenant=self.tenant,
             request_id=self.request_id,
-            data=CancelRequestData(),
+            data=CancelRequestData(reason=reason),
         )
         give_up_at = time.monotonic() + retry_for_s
         attempt = 0

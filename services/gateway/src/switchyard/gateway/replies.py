@@ -177,7 +177,7 @@ class PendingReplies:
         # The caller of each request (the gateway's `Principal`), and what to call when the
         # request is ended for its caller (`fail_where`).
         self._callers: dict[str, Any] = {}
-        self._on_ended: dict[str, Callable[[], None]] = {}
+        self._on_ended: dict[str, Callable[[str], None]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -189,13 +189,13 @@ class PendingReplies:
         vendor: Vendor = "openai",
         on_overflow: Callable[[], None] | None = None,
         caller: Any = None,
-        on_ended: Callable[[], None] | None = None,
+        on_ended: Callable[[str], None] | None = None,
     ) -> ReplyQueue:
         """Start collecting the replies of `request_id` (of `tenant`: a reply naming
         another tenant is not this request's, whatever wrote it; asked in the API of
         `vendor`); returns their queue. `on_overflow` is called once if the request's
-        stream is cut because its client reads too slowly; `on_ended` once if it is ended
-        for its `caller` (`fail_where`)."""
+        stream is cut because its client reads too slowly; `on_ended` once (with the failure's
+        code) if it is ended for its `caller` (`fail_where`)."""
         queue = ReplyQueue(self._clock)
         self._waiting[request_id] = queue
         if tenant is not None:
@@ -239,7 +239,8 @@ class PendingReplies:
         outcome is not queued for it already: its client
         gets what was relayed to it so far, then a `chat.failed` (source `gateway`, as in
         `fail_all`) of HTTP `status`, `code` and `message`; later replies are dropped and
-        its `on_ended` is called (to ask inference to stop). Returns how many it ended."""
+        its `on_ended` is called with `code` (to ask inference to stop). Returns how many it
+        ended."""
         ended = [
             request_id
             for request_id, caller in self._callers.items()
@@ -252,7 +253,7 @@ class PendingReplies:
             on_ended = self._on_ended.get(request_id)
             self.close(request_id)
             if on_ended is not None:
-                on_ended()
+                on_ended(code)
         return len(ended)
 
     def _failure(self, request_id: str, status: int, code: str, message: str) -> ChatFailed:

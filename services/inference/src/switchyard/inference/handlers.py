@@ -87,8 +87,8 @@ class RunningRequests:
     # never runs.
     def __init__(self, remember: int = 10_000, ttl_s: float = 3600.0) -> None:
         self._running: dict[str, tuple[RequestRun, asyncio.Task[Outcome]]] = {}
-        # Cancellations that came first: when, and the tenant they named.
-        self._early: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        # Cancellations that came first: when, the tenant they named, and why.
+        self._early: OrderedDict[str, tuple[float, str | None, str]] = OrderedDict()
         self._remember = remember
         self._ttl_s = ttl_s
 
@@ -108,13 +108,16 @@ class RunningRequests:
         if entry is not None and entry[0] is run:
             del self._running[run.request.request_id]
 
-    def cancel(self, request_id: str, tenant: str | None = None) -> bool:
+    def cancel(
+        self, request_id: str, tenant: str | None = None, reason: str = "client_disconnected"
+    ) -> bool:
         """Cancel the request if it runs here (True); otherwise remember the cancellation.
         A cancellation naming another `tenant` than the request's cancels nothing (only
-        the request's own client, through a gateway, cancels it)."""
+        the request's own client, through a gateway, cancels it). `reason` (the event's)
+        decides the error the cancelled request is recorded with (`outcomes.cancelled`)."""
         entry = self._running.get(request_id)
         if entry is None:
-            self._early[request_id] = (time.monotonic(), tenant)
+            self._early[request_id] = (time.monotonic(), tenant, reason)
             self._early.move_to_end(request_id)
             while len(self._early) > self._remember:
                 self._early.popitem(last=False)
@@ -125,19 +128,21 @@ class RunningRequests:
             return False
         if not run.cancel_requested:
             run.cancel_requested = True
+            run.cancel_reason = reason
             task.cancel()
         return True
 
-    def cancelled_before_start(self, request_id: str, tenant: str | None = None) -> bool:
-        """Whether a cancellation for `request_id` (of `tenant`, when both name one)
-        arrived before the request, within the last `ttl_s` seconds; consumes it."""
+    def cancelled_before_start(self, request_id: str, tenant: str | None = None) -> str | None:
+        """The reason of a cancellation for `request_id` (of `tenant`, when both name
+        one) that arrived before the request, within the last `ttl_s` seconds, or None;
+        consumes it."""
         early = self._early.pop(request_id, None)
         if early is None:
-            return False
-        cancelled_at, cancel_tenant = early
+            return None
+        cancelled_at, cancel_tenant, reason = early
         if tenant is not None and cancel_tenant is not None and cancel_tenant != tenant:
-            return False
-        return time.monotonic() - cancelled_at < self._ttl_s
+            return None
+        return reason if time.monotonic() - cancelled_at < self._ttl_s else None
 
 
 class ChatRequestHandler:
@@ -309,7 +314,7 @@ class ChatRequestHandler:
     async def cancel(self, event: Event) -> None:
         """The control-topic listener: cancel a request if this replica runs it."""
         if isinstance(event, ChatCancelRequested) and self.running.cancel(
-            event.request_id, event.tenant
+            event.request_id, event.tenant, event.data.reason
         ):
             log.info(
                 "request cancelled by its client",
@@ -319,8 +324,10 @@ class ChatRequestHandler:
 
     async def _outcome(self, run: RequestRun) -> Outcome:
         request_id = run.request.request_id
-        if self.running.cancelled_before_start(request_id, run.request.tenant):
+        early = self.running.cancelled_before_start(request_id, run.request.tenant)
+        if early is not None:
             run.cancel_requested = True
+            run.cancel_reason = early
             return self._cancelled(run)
         task = asyncio.get_running_loop().create_task(self._guarded(run))
         self.running.start(run, task)
@@ -354,7 +361,7 @@ class ChatRequestHandler:
 
     def _cancelled(self, run: RequestRun) -> Outcome:
         metrics.CANCELLATIONS.labels(run.request.data.model).inc()
-        outcome = cancelled(run.usage_so_far(), run.deployment)
+        outcome = cancelled(run.usage_so_far(), run.deployment, run.cancel_reason)
         outcome.upstream_calls = run.upstream_calls
         outcome.response = run.given()
         return outcome

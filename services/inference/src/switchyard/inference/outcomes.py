@@ -83,20 +83,32 @@ def expired(message: str, usage: TokenUsage = NO_USAGE) -> Outcome:
     )
 
 
-def cancelled(usage: TokenUsage, deployment: Deployment | None) -> Outcome:
-    """A cancelled outcome (its client went away): 408 `client_disconnected`, billed with
-    `usage`, the tokens spent until the cancellation."""
-    return Outcome(
-        TerminalStatus.CANCELLED,
-        error=ProviderError(
+# Why a request was cancelled other than its client going away, as the gateway's
+# `chat.cancel_requested` says: its caller was refused while it ran (the codes and status
+# history cancels such a caller's jobs with).
+REFUSED_CALLER_REASONS = {
+    "credentials_revoked": "The credential of this request was revoked while it ran.",
+    "user_disabled": "The user of this request was disabled while it ran.",
+}
+
+
+def cancelled(
+    usage: TokenUsage, deployment: Deployment | None, reason: str = "client_disconnected"
+) -> Outcome:
+    """A cancelled outcome, billed with `usage` (the tokens spent until the cancellation):
+    403 `permission_error` coded `reason` for one of `REFUSED_CALLER_REASONS`, else (its
+    client went away) 408 `client_disconnected`."""
+    refused = REFUSED_CALLER_REASONS.get(reason)
+    if refused is not None:
+        error = ProviderError(403, "permission_error", refused + " It was cancelled.", code=reason)
+    else:
+        error = ProviderError(
             408,
             "request_cancelled",
             "The client went away; the request was cancelled.",
             code="client_disconnected",
-        ),
-        deployment=deployment,
-        usage=usage,
-    )
+        )
+    return Outcome(TerminalStatus.CANCELLED, error=error, deployment=deployment, usage=usage)
 
 
 def stream_interrupted() -> Outcome:

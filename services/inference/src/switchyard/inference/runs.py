@@ -31,6 +31,9 @@ class RequestRun:
     run_id: str = field(default_factory=lambda: new_id()[:16])
     started: float = field(default_factory=time.perf_counter)
     cancel_requested: bool = False
+    # Why, as the `chat.cancel_requested` said (`client_disconnected`, or the gateway's
+    # `credentials_revoked` / `user_disabled` for a caller refused while it ran).
+    cancel_reason: str = "client_disconnected"
     in_lane: bool = False
     deployment: Deployment | None = None
     ttft_ms: float | None = None

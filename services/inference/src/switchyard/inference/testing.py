@@ -91,10 +91,11 @@ def chat_request(
     )
 
 
-def cancel_request(request_id: str) -> ChatCancelRequested:
+def cancel_request(request_id: str, reason: str | None = None) -> ChatCancelRequested:
     """A `chat.cancel_requested` for `request_id`, as the gateway publishes it when a client
-    goes away."""
-    return ChatCancelRequested(source="gateway", tenant="acme", request_id=request_id, data={})
+    goes away (or, with `reason`, when its caller is refused while it runs)."""
+    data = {} if reason is None else {"reason": reason}
+    return ChatCancelRequested(source="gateway", tenant="acme", request_id=request_id, data=data)
 
 
 @dataclass
