@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from switchyard.common.events import Event
     from switchyard.gateway.auth import Principal
     from switchyard.gateway.cache import ResponseCache
+    from switchyard.gateway.dispatch import Dispatch
 
 log = structlog.get_logger("switchyard.gateway")
 
@@ -157,7 +158,7 @@ class Gateway:
         ended = 0
         for code, message in REVOKED_MESSAGES.items():
 
-            def refused(dispatch: Any, code: str = code) -> bool:
+            def refused(dispatch: Dispatch, code: str = code) -> bool:
                 principal = dispatch.principal
                 return (
                     principal is not None

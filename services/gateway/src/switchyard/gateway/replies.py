@@ -174,8 +174,8 @@ class PendingReplies:
         self._tenants: dict[str, str] = {}
         self._vendors: dict[str, Vendor] = {}
         self._on_overflow: dict[str, Callable[[], None]] = {}
-        # The caller of each request (the gateway's `Principal`), and what to call when the
-        # request is ended for its caller (`fail_where`).
+        # Who each request is for (what `open` was given as `caller`: the gateway's
+        # `Dispatch`), and what to call when the request is ended for it (`fail_where`).
         self._callers: dict[str, Any] = {}
         self._on_ended: dict[str, Callable[[str], None]] = {}
 
@@ -194,8 +194,8 @@ class PendingReplies:
         """Start collecting the replies of `request_id` (of `tenant`: a reply naming
         another tenant is not this request's, whatever wrote it; asked in the API of
         `vendor`); returns their queue. `on_overflow` is called once if the request's
-        stream is cut because its client reads too slowly; `on_ended` once (with the failure's
-        code) if it is ended for its `caller` (`fail_where`)."""
+        stream is cut because its client reads too slowly; `on_ended` once (with the
+        failure's code) if it is ended for its `caller` (`fail_where`)."""
         queue = ReplyQueue(self._clock)
         self._waiting[request_id] = queue
         if tenant is not None:
@@ -236,11 +236,10 @@ class PendingReplies:
         self, matches: Callable[[Any], bool], status: int, code: str, message: str
     ) -> int:
         """End each request waiting whose caller (`open`'s `caller`) `matches` and whose
-        outcome is not queued for it already: its client
-        gets what was relayed to it so far, then a `chat.failed` (source `gateway`, as in
-        `fail_all`) of HTTP `status`, `code` and `message`; later replies are dropped and
-        its `on_ended` is called with `code` (to ask inference to stop). Returns how many it
-        ended."""
+        outcome is not queued for it already: its client gets what was relayed to it so
+        far, then a `chat.failed` (source `gateway`, as in `fail_all`) of HTTP `status`,
+        `code` and `message`; later replies are dropped and its `on_ended` is called with
+        `code` (to ask inference to stop). Returns how many it ended."""
         ended = [
             request_id
             for request_id, caller in self._callers.items()
