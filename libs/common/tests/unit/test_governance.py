@@ -26,6 +26,8 @@ from switchyard.common.governance import (
         ({"max_budget_usd": 5, "budget_period": "2w"}, "budget_period"),
         ({"budget_period": "1d"}, "budget_period"),
         ({"rpm_limit": True}, "rpm_limit"),
+        ({"max_budget_usd": 5e-324}, "max_budget_usd"),
+        ({"max_budget_usd": 0.0000009}, "max_budget_usd"),
     ],
 )
 def test_bad_limits_are_refused_naming_the_field(values: dict, param: str) -> None:
@@ -50,6 +52,7 @@ def test_good_limits_are_normalised() -> None:
         ({"max_budget_usd": -2}, "(got -2)"),
         ({"max_budget_usd": -0.5}, "(got -0.5)"),
         ({"tpm_limit": 10**12}, "(1000000000000)"),
+        ({"max_budget_usd": 1e-300}, "(got 1e-300)"),
     ],
 )
 def test_a_refused_number_is_echoed_as_given(values: dict, echoed: str) -> None:

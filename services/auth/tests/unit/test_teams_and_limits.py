@@ -432,9 +432,17 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     assert by_name.exit_code == 0, by_name.output
     assert f"(id {team['id']})" in by_name.stdout and "rpm_limit=50" in by_name.stdout
     # A budget is shown as an operator writes one, never with an exponent.
-    tiny = cli("teams", "update", "ml", "--tenant", "acme", "--max-budget-usd", "0.0000001")
+    tiny = cli("teams", "update", "ml", "--tenant", "acme", "--max-budget-usd", "0.0000015")
     assert tiny.exit_code == 0, tiny.output
-    assert "max_budget_usd=0.0000001" in tiny.stdout and "e-07" not in tiny.stdout
+    assert "max_budget_usd=0.0000015" in tiny.stdout and "e-06" not in tiny.stdout
+    # Below a millionth of a dollar a positive budget is a mistake, not printed in 300 digits.
+    for typo in ("1e-300", "5e-324", "0.0000009"):
+        refused = cli("teams", "update", "ml", "--tenant", "acme", "--max-budget-usd", typo)
+        assert refused.exit_code == 1, refused.output
+        assert "must be 0 or at least 0.000001" in refused.output
+        assert len(refused.output) < 300
+    nothing = cli("teams", "update", "ml", "--tenant", "acme", "--max-budget-usd", "0")
+    assert nothing.exit_code == 0 and "max_budget_usd=0" in nothing.stdout
     elsewhere = cli("teams", "update", "ml", "--rpm-limit", "50")  # not in tenant default
     assert elsewhere.exit_code == 1
     assert "nor named so in tenant 'default'" in elsewhere.output

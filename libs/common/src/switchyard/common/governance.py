@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from switchyard.common.text import quantity
+from switchyard.common.text import fixed_point, quantity
 
 # The levels, from the narrowest to the widest; a request is checked at each it has.
 LEVELS = ("api_key", "user", "team", "tenant")
@@ -36,6 +36,10 @@ MAX_RPM = 10_000_000
 MAX_TPM = 10_000_000_000
 MAX_PARALLEL = 1_000_000
 MAX_BUDGET_USD = 1_000_000_000.0
+# Below this a positive budget is a typing mistake too (`5e-324` is a float's last digit,
+# not a plan, and prints as hundreds of digits): at least a millionth of a dollar. Zero
+# stays allowed (no spending at all).
+MIN_BUDGET_USD = 0.000001
 
 LIMIT_FIELDS = (
     "max_budget_usd",
@@ -138,6 +142,11 @@ def check_limit_values(values: dict[str, Any]) -> Limits:
             raise LimitError(f"'{name}' must be a finite number.", name)
         if value < 0:
             raise LimitError(f"'{name}' must not be negative (got {value}).", name)
+        if name == "max_budget_usd" and 0 < value < MIN_BUDGET_USD:
+            raise LimitError(
+                f"'{name}' must be 0 or at least {fixed_point(MIN_BUDGET_USD)} (got {value!r}).",
+                name,
+            )
         if name != "max_budget_usd" and value != int(value):
             raise LimitError(f"'{name}' must be a whole number (got {value}).", name)
         ceiling = {
