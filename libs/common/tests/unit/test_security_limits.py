@@ -4,6 +4,7 @@ accept, the body size limit, and the webhook target policy with its guarded tran
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -357,6 +358,20 @@ async def test_non_public_addresses_are_refused(host):
 async def test_public_addresses_pass(host):
     """6to4 carrying a public IPv4 address is as public as that address."""
     await TargetPolicy().check_url(f"http://{host}/hook")
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost.", "LOCALHOST.", "hooks.localhost."])
+async def test_localhost_names_are_loopback_whatever_the_resolver_says(host):
+    """RFC 6761: a resolver that does not know `localhost.` (or one under it) must not make
+    it pass as a name to try later; where loopback is allowed, it is dialled there."""
+
+    async def unknown(host: str, port: int) -> list[str]:
+        raise OSError("no such host")
+
+    with pytest.raises(RefusedDestination):
+        await TargetPolicy(resolver=unknown).check_url(f"http://{host}:8080/hook")
+    allowed = TargetPolicy(parse_networks("127.0.0.0/8"), resolver=unknown)
+    assert await allowed.resolve(host, 8080) == [ipaddress.IPv4Address("127.0.0.1")]
 
 
 async def test_names_are_judged_by_every_address_they_resolve_to():

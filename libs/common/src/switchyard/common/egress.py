@@ -5,7 +5,8 @@ The policy, the same in every environment:
 
 - a URL must be absolute `http://` or `https://`, at most 2048 characters, with a host,
   a valid port, no credentials, and no whitespace or control characters anywhere;
-- its host must resolve only to public addresses: loopback, private (RFC 1918, unique
+- its host must resolve only to public addresses (`localhost` and the names under it,
+  trailing dot or not, are loopback without asking a resolver): loopback, private (RFC 1918, unique
   local), shared (100.64/10), link-local, multicast, reserved and unspecified addresses
   are refused (IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry),
   unless they fall in an explicitly allowed network (`SWITCHYARD_WEBHOOK_ALLOWED_NETWORKS`,
@@ -106,6 +107,18 @@ def _literal_address(host: str) -> IPAddress | None:
     return None
 
 
+# The addresses of a `localhost` name (RFC 6761, section 6.3: `localhost` and every name
+# under it are loopback, whatever a resolver answers or fails to).
+_LOOPBACK_ADDRESSES = (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
+
+
+def _localhost_name(host: str) -> bool:
+    """Whether `host` is `localhost` or a name under it, in any case, with or without the
+    trailing dot of a fully qualified name (`localhost.`, `a.LOCALHOST`)."""
+    name = host.lower().removesuffix(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
 # IPv6 prefixes whose addresses end in an IPv4 address a translator reaches (RFC 6052's
 # well-known NAT64 prefix; the local-use one, RFC 8215, is not global anyway).
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -177,6 +190,13 @@ class TargetPolicy:
         literal = _literal_address(host)
         if literal is not None:
             addresses: list[IPAddress] = [literal]
+        elif _localhost_name(host):
+            # Never asked of the resolver: one that does not know `localhost.` would make
+            # it look merely unresolvable now (accepted, to be tried later), and one that
+            # maps it elsewhere would be wrong. Dialled on the loopback addresses allowed.
+            addresses = [address for address in _LOOPBACK_ADDRESSES if self.allows(address)]
+            if not addresses:
+                raise RefusedDestination(f"the host {host} is a loopback name")
         else:
             try:
                 async with asyncio.timeout(self.resolve_timeout_s):
