@@ -35,7 +35,7 @@ from switchyard.gateway.config import Settings
 from switchyard.gateway.revocations import SNAPSHOT_SKEW_S, RevocationState
 
 from .auth_double import AuthDouble, gateway_with, new_rsa_key
-from .conftest import chunk
+from .conftest import anthropic_stream, chunk, completed_reply
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -216,6 +216,71 @@ async def test_a_revocation_ends_the_open_streams_of_its_credential_and_cancels_
         bystander.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await bystander
+
+
+async def test_a_revocation_leaves_a_stream_whose_last_event_was_relayed_whole() -> None:
+    """A stream whose own last event (`message_stop`) reached its client, its outcome not
+    yet arrived, has its whole answer: a revocation then appends no error to it and asks
+    inference to stop nothing (the request is recorded as it ended, not as cancelled)."""
+    cancelled: list[str] = []
+    requests: list[ChatRequested] = []
+
+    async def whole_stream_no_outcome(bus, topics, request: ChatRequested) -> None:
+        requests.append(request)
+        for record in anthropic_stream(request, ["Hel", "lo"]):
+            await bus.publish(
+                topics.replies,
+                record,
+                key=request.request_id,
+                partition=request.data.reply_to.partition,
+            )
+
+    async with gateway_with(inference=whole_stream_no_outcome) as gw:
+
+        async def on_control(control) -> None:
+            if isinstance(control, ChatCancelRequested):
+                cancelled.append(control.data.reason)
+
+        await gw.bus.subscribe([gw.topics.control], "cancel-watch", on_control)
+        key = gw.auth.add_api_key(key_id="key-1", user_id="user-jwt")
+
+        async def read() -> list[str]:
+            async with gw.client.stream(
+                "POST",
+                "/v1/messages",
+                json={**BODY, "max_tokens": 16, "stream": True},
+                headers={**bearer(key.key), "anthropic-version": "2023-06-01"},
+            ) as response:
+                assert response.status_code == 200
+                return [line async for line in response.aiter_lines() if line]
+
+        reading = asyncio.ensure_future(read())
+        pending = gw.app.state.gateway.pending
+        deadline = time.monotonic() + 5
+        # Held, with every record of the stream taken by the relay (message_stop among them).
+        while not (
+            len(pending) == 1
+            and all(queue.taken >= 7 and not queue.events for queue in pending._waiting.values())
+        ):
+            assert time.monotonic() < deadline, "the stream was never relayed"
+            await asyncio.sleep(0.01)
+        data = ApiKeyRevokedData(key_id="key-1", user_id="user-jwt", reason="admin")
+        await gw.publish_auth_event(event(ApiKeyRevoked, data))
+        await asyncio.sleep(0.2)
+        assert len(pending) == 1 and not reading.done()  # not ended by the revocation
+        (request,) = requests
+        await gw.bus.publish(
+            gw.topics.replies,
+            completed_reply(request, "Hello"),
+            key=request.request_id,
+            partition=request.data.reply_to.partition,
+        )
+        lines = await asyncio.wait_for(reading, 5)
+        await asyncio.sleep(0.2)
+
+    assert lines[-2:] == ["event: message_stop", 'data: {"type":"message_stop"}']
+    assert not any("error" in line for line in lines)
+    assert cancelled == []
 
 
 async def test_a_revocation_applied_while_a_request_is_admitted_refuses_it(monkeypatch) -> None:
