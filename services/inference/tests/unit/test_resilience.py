@@ -373,3 +373,51 @@ async def test_weights_share_traffic_within_a_priority_group(simulator, make_har
     calls = simulator.stats()["models"]
     assert calls.get("up-reserve", 0) == 0
     assert 0.62 < calls["up-heavy"] / 200 < 0.88
+
+
+def claude(simulator, name: str, upstream: str) -> Deployment:
+    return Deployment(
+        name=name, provider="anthropic", model=upstream, base_url=simulator.root, max_retries=0
+    )
+
+
+async def test_a_fallback_that_cannot_take_the_request_does_not_hide_the_primarys_failure(
+    simulator, make_harness
+) -> None:
+    """A `seed` the Messages API lacks is the fallback's 400: the client must still get the
+    primary's retryable 500 (or 429), not a 400 telling it never to retry."""
+    harness = await make_harness(
+        table(("m", [sim(simulator, "primary", "up-down"), claude(simulator, "fallback", "c")]))
+    )
+    simulator.fault(status=500, count=1, model="up-down")
+
+    reply = await harness.handle(chat_request(model="m", body={"seed": 5}))
+
+    assert isinstance(reply, ChatFailed)
+    assert reply.data.error.status == 500, reply.data.error
+    assert reply.data.error.code != "unsupported_parameter"
+    assert simulator.calls("up-down") == 1 and simulator.calls("c") == 0
+
+
+async def test_a_request_only_an_open_circuit_could_take_is_told_to_retry_later(
+    simulator, make_harness
+) -> None:
+    now = [0.0]
+    harness = await make_harness(
+        table(("m", [sim(simulator, "primary", "up-open"), claude(simulator, "fallback", "c2")])),
+        deployments=DeploymentStates(
+            BreakerPolicy(failure_threshold=1, cooldown_s=30), clock=lambda: now[0]
+        ),
+    )
+    simulator.fault(status=502, count=1, model="up-open")
+    await harness.handle(chat_request(model="m"))  # opens the primary's circuit
+
+    reply = await harness.handle(chat_request(model="m", body={"seed": 5}))
+
+    assert isinstance(reply, ChatFailed)
+    error = reply.data.error
+    assert (error.status, error.code, error.retry_after_s) == (503, "upstream_unavailable", 30)
+    # Without the open circuit, the fallback's own 400 is the answer: nothing else could.
+    alone = await make_harness(table(("c", [claude(simulator, "only", "c3")])))
+    refused = await alone.handle(chat_request(model="c", body={"seed": 5}))
+    assert (refused.data.error.status, refused.data.error.code) == (400, "unsupported_parameter")

@@ -116,9 +116,12 @@ class Attempts:
     async def serve(self, run: RequestRun) -> Outcome:
         """Serve `run` on its model's deployments in attempt order (priority, weight, open
         circuits last) and return how it ended: completed, or failed with the error the
-        client gets (404 `model_not_found`, 503 `upstream_unavailable` while every circuit is
-        open, or the last deployment's error). Provider errors become outcomes; only
-        cancellation (the client, the deadline) and bugs raise."""
+        client gets (404 `model_not_found`; the last deployment failure; 503
+        `upstream_unavailable` while every circuit that could take it is open; the last 400
+        of a deployment that cannot take the request as sent only when no deployment failed
+        nor was skipped, or when its `details` tell the client's SDK how to go on).
+        Provider errors become outcomes; only cancellation (the client,
+        the deadline) and bugs raise."""
         model = run.request.data.model
         route = self._routing.table.route(model)
         if route is None:
@@ -128,7 +131,11 @@ class Attempts:
                 )
             )
         order = self._deployments.order(model, route.attempt_order(self._rng))
-        outcome: Outcome | None = None
+        # The last failure of a deployment, and the last refusal of one that cannot take
+        # the request as sent: a fallback's refusal must not hide the primary's 429 or
+        # 5xx (or its open circuit) behind a 400 that tells the client not to retry.
+        failure: Outcome | None = None
+        refusal: Outcome | None = None
         open_circuits: list[DeploymentState] = []
         for deployment in order:
             state = self._deployments.get(model, deployment)
@@ -148,6 +155,10 @@ class Attempts:
             # deployment's health) is the client's doing, not a failing deployment: no
             # warning.
             client_side = outcome.error.status == 400 and not outcome.error.unhealthy
+            if client_side:
+                refusal = outcome
+            else:
+                failure = outcome
             (log.info if client_side else log.warning)(
                 "deployment cannot take the request" if client_side else "deployment failed",
                 model=model,
@@ -155,8 +166,15 @@ class Attempts:
                 status=outcome.error.status,
                 code=outcome.error.metric_code,
             )
-        if outcome is not None:
-            return outcome
+        if refusal is not None and refusal.error is not None and refusal.error.details:
+            # A refusal whose details the client's SDK acts on (a thread this deployment
+            # cannot hold: it resends the whole conversation, which one may take) leads to
+            # an answer sooner than the failure before it.
+            return refusal
+        if failure is not None:
+            return failure
+        if refusal is not None and not open_circuits:
+            return refusal
         # Open circuits (or a half-open one already probing): answer now, not after a wait.
         retry_in = max(1, math.ceil(min(state.breaker.retry_in() for state in open_circuits)))
         return failed(
