@@ -261,7 +261,7 @@ async def test_webhook_is_signed_and_verifiable_by_the_receiver(
     service, recorder, events, receiver
 ):
     hook = receiver()
-    job = job_request(events, webhook_url=hook.url, tenant="acme")
+    job = job_request(events, webhook_url=hook.url, tenant="acme", team_id="team-ml")
     await recorder.record([job, events.completed(job, answer="Forty-two"), events.usage(job)])
     admin = service.headers(user_id="root", role="admin")
     secret = (await service.client.get("/v1/history/settings", headers=admin)).json()[
@@ -284,6 +284,10 @@ async def test_webhook_is_signed_and_verifiable_by_the_receiver(
     assert payload["data"]["id"] == job.request_id
     # Signed with the address it was made for, which a receiver checks is its own.
     assert payload["data"]["webhook"] == {"url": hook.url}
+    # Signed with who created it, which a receiver serving one team checks: the secret is
+    # the tenant's, so any member could have a delivery sent to another team's receiver.
+    creator = {name: payload["data"][name] for name in ("user_id", "api_key_id", "team_id")}
+    assert creator == {"user_id": "alice", "api_key_id": "key-1", "team_id": "team-ml"}
     assert payload["data"]["result"]["choices"][0]["message"]["content"] == "Forty-two"
     # The helper agrees, and refuses tampering, other secrets and replays of old requests.
     verify_signature(secret, body, headers)

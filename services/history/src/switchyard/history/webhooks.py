@@ -14,6 +14,10 @@ What a receiver gets:
 
     {"id": "whd_...", "type": "job.completed", "created_at": "...Z", "data": {<job>}}
 
+`data` is the job as `GET /v1/jobs/{id}` shows it, with who created it (`user_id`,
+`api_key_id`, `team_id`: null where it has none) and `webhook` holding only the `url`
+this delivery was made for.
+
 To verify: recompute the HMAC over the timestamp, a dot and the raw body bytes with the
 tenant's secret (`GET /v1/history/settings` as a tenant admin, or
 `switchyard tenant-settings show`), compare in constant time, and refuse timestamps more
@@ -111,6 +115,10 @@ _of_its_job = and_(
     webhooks_table.c.request_id == requests_table.c.request_id,
     webhooks_table.c.tenant == requests_table.c.tenant,
 )
+
+
+# The creator of a job, as its request row names them, in every delivery's `data`.
+CREATOR_FIELDS = ("user_id", "api_key_id", "team_id")
 
 
 def delivery_id_of(request_id: str, revision: int) -> str:
@@ -427,10 +435,15 @@ class WebhookDispatcher:
                     "id": delivery_id,
                     "type": event_type,
                     "created_at": isoformat_z(datetime.now(UTC)),
-                    # The address this delivery was made for, signed with it: a receiver
-                    # refuses one made for another (the secret is the tenant's, so any
-                    # member could send one made for their own receiver elsewhere).
-                    "data": {**job, "webhook": {"url": row["webhook_url"]}},
+                    # Who created the job, and the address this delivery was made for,
+                    # signed with them: the secret is the tenant's, so any member may have
+                    # a genuine delivery sent to any receiver; a receiver serving one team
+                    # refuses another's, and one made for another address.
+                    "data": {
+                        **job,
+                        **{name: row.get(name) for name in CREATOR_FIELDS},
+                        "webhook": {"url": row["webhook_url"]},
+                    },
                 }
             )
             check_target_url(row["webhook_url"])
