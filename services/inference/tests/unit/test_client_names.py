@@ -83,7 +83,7 @@ def with_body(request, **fields: Any):
             "openai.chat_completions",
             {"max_completion_tokens": 10_000_000},
             anthropic_refusal("max_tokens: 10000000 > 64000, the most for this model"),
-            None,
+            "max_completion_tokens",  # from the path Anthropic's message starts with
             "max_tokens: 10000000 > 64000, the most for this model (Here 'max_tokens' is "
             "your 'max_completion_tokens': the model's deployment speaks Anthropic's "
             "Messages API.)",
@@ -94,7 +94,7 @@ def with_body(request, **fields: Any):
             "openai.chat_completions",
             {"max_tokens": 10_000_000},
             anthropic_refusal("max_tokens: 10000000 > 64000, the most for this model"),
-            None,
+            "max_tokens",
             "max_tokens: 10000000 > 64000, the most for this model",
             None,
         ),
@@ -112,7 +112,7 @@ def with_body(request, **fields: Any):
             RESPONSES,
             {"user": "u" * 300},
             anthropic_refusal("metadata.user_id: String should have at most 256 characters"),
-            None,
+            "user",
             "metadata.user_id: String should have at most 256 characters (Here "
             "'metadata.user_id' is your 'user': the model's deployment speaks Anthropic's "
             "Messages API.)",
@@ -123,7 +123,7 @@ def with_body(request, **fields: Any):
             "openai.chat_completions",
             {"user": "end-user-1", "safety_identifier": "s" * 300},
             anthropic_refusal("metadata.user_id: String should have at most 256 characters"),
-            None,
+            "safety_identifier",
             "metadata.user_id: String should have at most 256 characters (Here "
             "'metadata.user_id' is your 'safety_identifier': the model's deployment speaks "
             "Anthropic's Messages API.)",
@@ -152,10 +152,19 @@ def with_body(request, **fields: Any):
             "openai.chat_completions",
             {"parallel_tool_calls": False, "tools": [WEATHER_FUNCTION]},
             anthropic_refusal("tool_choice.disable_parallel_tool_use: Extra inputs not allowed"),
-            None,
+            "parallel_tool_calls",
             "tool_choice.disable_parallel_tool_use: Extra inputs not allowed (Here "
             "'tool_choice.disable_parallel_tool_use' is your 'parallel_tool_calls': the "
             "model's deployment speaks Anthropic's Messages API.)",
+            None,
+        ),
+        (
+            "claude",
+            "openai.chat_completions",
+            {},
+            anthropic_refusal("messages.0.content: Field required"),
+            None,  # messages are not the client's one for one
+            "messages.0.content: Field required",
             None,
         ),
     ],
@@ -171,6 +180,7 @@ def with_body(request, **fields: Any):
         "responses-same-named-to-chat",
         "responses-verbosity-to-chat",
         "chat-parallel-tool-calls-to-messages",
+        "chat-messages-path-to-messages",
     ],
 )
 async def test_a_translated_requests_refusal_names_the_clients_fields(

@@ -119,6 +119,18 @@ def _client_param(param: str, names: Mapping[str, str]) -> str | None:
     return None
 
 
+# Anthropic's refusals carry no `param`; an `invalid_request_error` about one field starts
+# with its path (`max_tokens: 999999 > 64000, which is the maximum ...`,
+# `thinking.budget_tokens: Input should be ...`, `messages.0.content: ...`).
+_MESSAGES_FIELD_PREFIX = re.compile(r"([a-z_]+(?:\.[a-z0-9_]+)*): ")
+
+
+def _messages_error_field(message: str) -> str | None:
+    """The request field an Anthropic refusal's `message` starts by naming, or None."""
+    found = _MESSAGES_FIELD_PREFIX.match(message)
+    return found.group(1) if found else None
+
+
 def _distinctive(name: str) -> bool:
     return "_" in name or "." in name
 
@@ -128,12 +140,15 @@ def in_client_terms(
 ) -> ProviderError:
     """`error`, an upstream's refusal of a request of the `client` API translated to the
     `upstream` API from the client's `body`, changed in place: `param` the client's field
-    where the translation renamed it, else None; when the message names a renamed field
+    where the translation renamed it (for Anthropic, whose errors have no `param`, the
+    field its message starts with), else None; when the message names a renamed field
     (a distinctive name: with an underscore or a dot; only the one `param` names, when
     it names one), a sentence added saying which of the client's fields it is. Returns
     the error."""
     names = _renames(client, upstream, body)
     upstream_param = error.param
+    if upstream_param is None and upstream is _MESSAGES:
+        upstream_param = _messages_error_field(error.message)
     error.param = _client_param(upstream_param, names) if upstream_param else None
     if error.param is not None and upstream_param is not None:
         # The field the refusal is about: only it is explained, whatever else the
