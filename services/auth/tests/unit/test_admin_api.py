@@ -316,3 +316,59 @@ async def test_an_admins_narrowed_token_is_bound_as_a_member_on_its_own_keys(
         f"/v1/api-keys/{key.json()['key_id']}", json={"rpm_limit": None}, headers=full
     )
     assert allowed.status_code == 200, allowed.text
+
+
+async def test_an_admin_sets_a_members_password_ending_their_sign_ins(auth_app, people) -> None:
+    admin = await token_for(auth_app, "admin@acme.test")
+    member_sign_in = await auth_app.client.post(
+        "/v1/auth/token",
+        json={"grant_type": "password", "username": "member@acme.test", "password": PASSWORD},
+    )
+    member_id = people["member"].id
+
+    changed = await auth_app.client.post(
+        f"/v1/admin/users/{member_id}/password",
+        json={"password": "a reset passphrase"},
+        headers=admin,
+    )
+
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["id"] == member_id and "password" not in changed.text.lower().replace(
+        "has_password", ""
+    )
+    refreshed = await auth_app.client.post(
+        "/v1/auth/refresh", json={"refresh_token": member_sign_in.json()["refresh_token"]}
+    )
+    assert refreshed.status_code == 401
+    event = await auth_app.wait_for_event("auth.token_family_revoked")
+    assert isinstance(event, TokenFamilyRevoked) and event.data.user_id == member_id
+    signed_in = await auth_app.client.post(
+        "/v1/auth/token",
+        json={
+            "grant_type": "password",
+            "username": "member@acme.test",
+            "password": "a reset passphrase",
+        },
+    )
+    assert signed_in.status_code == 200
+
+
+async def test_only_an_admin_of_the_users_tenant_sets_a_password(auth_app, people) -> None:
+    body = {"password": "a reset passphrase"}
+    member = await token_for(auth_app, "member@acme.test")
+    stranger = await token_for(auth_app, "admin@globex.test")
+    admin = await token_for(auth_app, "admin@acme.test")
+    path = f"/v1/admin/users/{people['member'].id}/password"
+
+    assert_error(await auth_app.client.post(path, json=body, headers=member), 403)
+    assert_error(await auth_app.client.post(path, json=body, headers=stranger), 404)
+    assert_error(await auth_app.client.post(path, json={"password": "short"}, headers=admin), 400)
+    assert_error(
+        await auth_app.client.post(
+            "/v1/admin/users/no-such-user/password", json=body, headers=admin
+        ),
+        404,
+        "user_not_found",
+    )
+    # Nothing changed: the member still signs in with the old password.
+    assert (await token_for(auth_app, "member@acme.test"))["Authorization"]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from switchyard.auth.cli import keys_app, tokens_app, users_app
 from switchyard.auth.config import Settings
 from switchyard.auth.keys import hash_api_key
-from switchyard.auth.service import AuthService
+from switchyard.auth.service import AuthService, InvalidCredentials, InvalidGrant
 from switchyard.auth.signing import load_signing_key
 
 
@@ -52,6 +52,45 @@ def test_create_user_with_a_prompted_password_that_then_signs_in(cli, run_with_s
 
     user = run_with_service(sign_in)
     assert (user.role, user.tenant) == ("admin", "default")
+
+
+def test_an_operator_sets_a_users_password_and_their_sign_ins_end(cli, run_with_service) -> None:
+    cli("users", "create", "--email", "ops@example.com", "--password-stdin", input="old-pass\n")
+
+    async def signed_in(service: AuthService):
+        user = await service.authenticate("ops@example.com", "old-pass")
+        return (await service.sign_in(user)).refresh_token
+
+    refresh_token = run_with_service(signed_in)
+    changed = cli(
+        "users", "set-password", "--email", "OPS@example.com", input="new-pass-1\nnew-pass-1\n"
+    )
+    assert changed.exit_code == 0, changed.output
+    assert "ops@example.com" in changed.stdout and "new-pass-1" not in changed.stdout
+
+    async def after(service: AuthService):
+        user = await service.authenticate("ops@example.com", "new-pass-1")
+        with pytest.raises(InvalidGrant):
+            await service.refresh(refresh_token)
+        with pytest.raises(InvalidCredentials):
+            await service.authenticate("ops@example.com", "old-pass")
+        return user
+
+    assert run_with_service(after).email == "ops@example.com"
+    piped = cli(
+        "users", "set-password", "--email", "ops@example.com", "--password-stdin", input="x\n"
+    )
+    assert piped.exit_code == 0, piped.output
+    empty = cli(
+        "users", "set-password", "--email", "ops@example.com", "--password-stdin", input="\n"
+    )
+    assert empty.exit_code == 1 and "must not be empty" in empty.output
+    ghost = cli("users", "set-password", "--email", "ghost@example.com", "--password", "abc")
+    assert ghost.exit_code == 1 and "No user with email" in ghost.output
+    both = cli(
+        "users", "set-password", "--email", "ops@example.com", "--password", "a", "--password-stdin"
+    )
+    assert both.exit_code == 1 and "only one of" in both.output
 
 
 def test_duplicate_email_and_unknown_user_fail_cleanly(cli) -> None:

@@ -195,3 +195,83 @@ async def test_events_are_written_in_the_same_transaction_as_the_change(
         rows = (await session.execute(OutboxEvent.__table__.select())).all()
     assert [row.event_type for row in rows] == ["auth.token_family_revoked"]
     assert rows[0].published_at is None and rows[0].key == user.id
+
+
+async def change_password(harness, access_token: str, body: object):
+    return await harness.client.post(
+        "/v1/auth/password", json=body, headers={"Authorization": f"Bearer {access_token}"}
+    )
+
+
+async def test_a_user_changes_their_password_and_their_other_sign_ins_end(auth_app, alice):
+    """A leaked password's sessions end with it: the caller's own sign-in stays, every other
+    one is refused (and every gateway told); the old password no longer signs in."""
+    here = await sign_in(auth_app)
+    elsewhere = await sign_in(auth_app)
+    new = "a much longer new passphrase"
+
+    changed = await change_password(
+        auth_app, here["access_token"], {"current_password": PASSWORD, "new_password": new}
+    )
+
+    assert changed.status_code == 204, changed.text
+    assert (await refresh(auth_app, elsewhere["refresh_token"])).status_code == 401
+    assert (await refresh(auth_app, here["refresh_token"])).status_code == 200
+    event = await auth_app.wait_for_event("auth.token_family_revoked")
+    assert isinstance(event, TokenFamilyRevoked)
+    other_sid = jwt.decode(elsewhere["access_token"], options={"verify_signature": False})["sid"]
+    assert event.data.family_id == other_sid and event.data.user_id == alice.id
+    old = await auth_app.client.post(
+        "/v1/auth/token",
+        json={"grant_type": "password", "username": "alice@example.com", "password": PASSWORD},
+    )
+    assert old.status_code == 401
+    signed_in = await auth_app.client.post(
+        "/v1/auth/token",
+        json={"grant_type": "password", "username": "alice@example.com", "password": new},
+    )
+    assert signed_in.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"current_password": "wrong password", "new_password": "long enough now"}, 403,
+         "incorrect_password"),
+        ({"current_password": PASSWORD, "new_password": "short"}, 400, None),
+        ({"current_password": PASSWORD}, 400, None),
+        ({"current_password": PASSWORD, "new_password": 12345678}, 400, None),
+        ({"current_password": PASSWORD, "new_password": "long enough now", "x": 1}, 400, None),
+        ([], 400, None),
+    ],
+)  # fmt: skip
+async def test_a_bad_password_change_is_refused_and_changes_nothing(
+    auth_app, alice, body, status, code
+):
+    here = await sign_in(auth_app)
+    refused = await change_password(auth_app, here["access_token"], body)
+    assert refused.status_code == status, refused.text
+    error = refused.json()["error"]
+    if code is not None:
+        assert error["code"] == code
+    assert PASSWORD not in refused.text  # never echoed
+    assert (await sign_in(auth_app))["access_token"]  # the password is unchanged
+
+
+async def test_guessing_the_current_password_is_throttled_like_sign_in(auth_app, alice):
+    here = await sign_in(auth_app)
+    statuses = []
+    for attempt in range(12):
+        response = await change_password(
+            auth_app,
+            here["access_token"],
+            {"current_password": f"guess {attempt}", "new_password": "long enough now"},
+        )
+        statuses.append(response.status_code)
+    assert statuses[0] == 403 and statuses[-1] == 429
+    assert "Retry-After" in response.headers
+
+
+async def test_a_password_change_needs_an_access_token(auth_app, alice):
+    body = {"current_password": PASSWORD, "new_password": "long enough now"}
+    assert (await auth_app.client.post("/v1/auth/password", json=body)).status_code == 401

@@ -144,6 +144,7 @@ def create_app(
     app.include_router(metrics_router(token=settings.metrics_token, service="auth"))
     app.include_router(jwks.router)
     app.include_router(tokens.router)
+    app.include_router(tokens.account_router)
     # Their routes refuse a query parameter they do not read (`StrictQueryRoute`).
     app.include_router(api_keys.router)
     app.include_router(admin.router)

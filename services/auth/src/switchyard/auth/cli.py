@@ -420,6 +420,34 @@ def _set_disabled(email: str, disabled: bool) -> None:
     typer.echo(f"{state} user {safe(user.email)} (id {user.id}).")
 
 
+@users_app.command("set-password")
+def set_password(
+    email: Annotated[str, typer.Option(help="Email of the user.")],
+    password: Annotated[
+        str | None, typer.Option(help="Password (visible in shell history; prefer the prompt).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Set a user's password (a forgotten or leaked one): every sign-in of theirs ends; their
+    API keys stay valid."""
+    if password is not None and password_stdin:
+        raise _fail("use only one of --password and --password-stdin")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif password is None:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    new_password = password
+
+    async def change(service: AuthService) -> Any:
+        user = await service.user_by_email(email)
+        return await service.set_password(user.id, new_password)
+
+    user = run_with_service(change)
+    typer.echo(f"Set the password of {safe(user.email)} (id {user.id}); their sign-ins ended.")
+
+
 @users_app.command("disable")
 def disable_user(
     email: Annotated[str, typer.Option(help="Email of the user to disable.")],

@@ -30,7 +30,7 @@ LOGINS_THROTTLED = Counter(
 REVOCATIONS = Counter(
     "switchyard_auth_revocations",
     "Revocations through the API by kind.",
-    ["kind"],  # api_key | user_disabled | logout
+    ["kind"],  # api_key | user_disabled | logout | password_changed
 )
 OUTBOX_PUBLISHED = Counter(
     "switchyard_auth_outbox_published", "Auth events published from the outbox to the bus."

@@ -884,6 +884,42 @@ class AuthService:
             user = await AuthStore(session).user_by_id(user_id)
         return user if user is not None and not user.disabled else None
 
+    async def set_password(
+        self,
+        user_id: str,
+        password: str,
+        *,
+        tenant: str | None = None,
+        keep_session: str | None = None,
+        reason: Literal["admin", "logout"] = "admin",
+    ) -> User:
+        """Make `password` the password of the user `user_id` (only within `tenant` when
+        given), hashed with Argon2, and end every sign-in of theirs but `keep_session` (a
+        sign-in's `sid`: the one of a user changing their own password), as a leaked
+        password's sessions must end with it; `reason` is theirs in
+        `auth.token_family_revoked` (`admin` when an operator or admin sets it, `logout`
+        when the user signs their other sessions out). Their API keys stay valid.
+
+        Raises:
+            UserNotFound: no such user (in `tenant`).
+            InvalidInput: an empty password.
+            HashingBusy: too many password hashes are already waiting."""
+        if not password:
+            raise InvalidInput("Password must not be empty.", param="password")
+        password_hash = await self._passwords.hash_async(password)
+        now = _utcnow()
+        async with self._sessions() as session:
+            store = AuthStore(session)
+            user = await store.user_by_id(user_id)
+            if user is None or (tenant is not None and user.tenant != tenant):
+                raise UserNotFound(f"No user with id {user_id}.")
+            user.password_hash = password_hash
+            for family in await store.active_families(user.id, now):
+                if family.id != keep_session:
+                    self._revoke_family(session, family, reason, now)
+            await self._commit_with_events(session)
+            return user
+
     async def ensure_password(self, email: str, password: str) -> None:
         """Make `password` the user's password unless it already is (development set-up:
         the dev user's password follows SWITCHYARD_DEV_PASSWORD). Raises UserNotFound.

@@ -1,9 +1,10 @@
-"""The admin API of a tenant: create, list, disable and enable users; list and revoke any
-key of the tenant. Only the admin role may call it (403 for members), and only on its own
-tenant: anything of another tenant is answered 404, exactly like something that does not
-exist. One thing is shared by every tenant: emails, since signing in names the email
-alone. Creating a user with an email any tenant uses is refused with 409 `user_exists`,
-which tells the admin that the email is taken (not by whom)."""
+"""The admin API of a tenant: create, list, disable and enable users and set their
+passwords; list and revoke any key of the tenant. Only the admin role may call it (403 for
+members), and only on its own tenant: anything of another tenant is answered 404, exactly
+like something that does not exist. One thing is shared by every tenant: emails, since
+signing in names the email alone. Creating a user with an email any tenant uses is
+refused with 409 `user_exists`, which tells the admin that the email is taken (not by
+whom)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
 from switchyard.auth.api.api_keys import ApiKeyList, ApiKeyOut
-from switchyard.auth.api.deps import AdminUser, Service
+from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, Service
 from switchyard.auth.api.limit_fields import STRICT
 from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.api.tokens import busy_hashing
@@ -50,6 +51,14 @@ class CreateUser(BaseModel):
         max_length=1024,
         description="Initial password; omit for a user who only uses API keys.",
     )
+
+
+class SetPassword(BaseModel):
+    """A user's new password, 8 to 1024 characters."""
+
+    model_config = STRICT
+
+    password: str = Field(min_length=8, max_length=1024)
 
 
 class UserOut(BaseModel):
@@ -121,6 +130,31 @@ async def _set_disabled(user_id: str, disabled: bool, admin: User, service: Serv
         raise _not_found("user", "user_not_found") from None
     if disabled:
         REVOCATIONS.labels("user_disabled").inc()
+    return UserOut.of(user)
+
+
+@router.post("/users/{user_id}/password", response_model=UserOut, responses=_USER_NOT_FOUND)
+async def set_user_password(
+    user_id: str,
+    body: SetPassword,
+    admin: AdminUser,
+    claims: AccessClaimsDep,
+    service: Service,
+) -> UserOut:
+    """Set a user's password (a forgotten or leaked one): every sign-in of theirs ends (an
+    admin setting their own keeps the one making the call); their API keys stay valid."""
+    try:
+        user = await service.set_password(
+            user_id,
+            body.password,
+            tenant=admin.tenant,
+            keep_session=claims.session_id if user_id == admin.id else None,
+        )
+    except UserNotFound:
+        raise _not_found("user", "user_not_found") from None
+    except HashingBusy:
+        raise busy_hashing() from None
+    REVOCATIONS.labels("password_changed").inc()
     return UserOut.of(user)
 
 

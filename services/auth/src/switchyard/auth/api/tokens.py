@@ -19,7 +19,15 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from switchyard.auth.api.deps import BearerCredentials, ClientAddress, Service, get_context
+from switchyard.auth.api.api_keys import KeysWriterClaims
+from switchyard.auth.api.deps import (
+    BearerCredentials,
+    ClientAddress,
+    CurrentUser,
+    Service,
+    get_context,
+)
+from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.metrics import LOGINS_THROTTLED, REFRESH_REQUESTS, REVOCATIONS, TOKEN_REQUESTS
 from switchyard.auth.names import fold_email
@@ -65,6 +73,15 @@ class LogoutRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     refresh_token: str | None = Field(default=None, min_length=1, max_length=512)
+
+
+class PasswordChange(BaseModel):
+    """A signed-in user's new password (8 to 1024 characters), with their current one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
 
 
 class TokenResponse(BaseModel):
@@ -273,4 +290,71 @@ async def logout(
         )
     await service.logout(refresh_token=body.refresh_token, claims=claims)
     REVOCATIONS.labels("logout").inc()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# Routes of a signed-in caller: the access token is judged before the body.
+account_router = APIRouter(prefix="/v1/auth", tags=["tokens"], route_class=StrictQueryRoute)
+
+
+@account_router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        403: {"description": "The current password is wrong (`incorrect_password`)."},
+        429: {"description": "Too many attempts; see Retry-After."},
+    },
+)
+async def change_password(
+    body: PasswordChange,
+    user: CurrentUser,
+    claims: KeysWriterClaims,
+    service: Service,
+    address: ClientAddress,
+    context: Annotated[AuthContext, Depends(get_context)],
+) -> Response:
+    """Change the caller's own password, given the current one, with an access token that
+    may manage the caller's credentials (the `keys:write` scope, which a sign-in's tokens
+    carry: 403 `insufficient_scope` for a token narrowed to other scopes). Every other
+    sign-in of theirs ends (this one stays), as it would were the password leaked; their
+    API keys stay valid. Wrong current passwords count towards the sign-in limits of the
+    account, so a stolen access token cannot be used to guess it."""
+    account = fold_email(user.email)
+    limits = context.login_limits
+    throttled = limits.check(account, address)
+    if throttled is not None:
+        LOGINS_THROTTLED.labels(throttled.limit).inc()
+        raise APIError(
+            429,
+            "Too many attempts; retry later.",
+            code="too_many_attempts",
+            headers={"Retry-After": str(throttled.retry_after_s)},
+        )
+    verdict = False
+    try:
+        await service.authenticate(user.email, body.current_password)
+        verdict = True
+    except InvalidCredentials:
+        verdict = True
+        raise APIError(
+            403,
+            "The current password is incorrect.",
+            param="current_password",
+            code="incorrect_password",
+        ) from None
+    except HashingBusy:
+        LOGINS_THROTTLED.labels("hashing").inc()
+        raise busy_hashing() from None
+    finally:
+        if not verdict:
+            limits.abandoned(account, address)
+    limits.succeeded(account, address)
+    try:
+        await service.set_password(
+            user.id, body.new_password, keep_session=claims.session_id, reason="logout"
+        )
+    except HashingBusy:
+        raise busy_hashing() from None
+    REVOCATIONS.labels("password_changed").inc()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
