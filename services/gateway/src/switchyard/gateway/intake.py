@@ -33,7 +33,7 @@ import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import structlog
 from prometheus_client import Counter
@@ -105,6 +105,20 @@ def check_model(gateway: Gateway, principal: Principal, model: str, param: str =
     """Raise `model_not_found` (APIError 404) unless `serves(gateway, principal, model)`."""
     if not serves(gateway, principal, model):
         raise model_not_found(model, param)
+
+
+def check_tool_models(principal: Principal, body: dict[str, Any], prefix: str = "") -> None:
+    """Raise APIError 404 `model_not_found` (naming `<prefix>tools[i].model`) when a
+    credential bound to a list of models names another in a tool the upstream runs itself
+    (a Responses `image_generation` tool's `model`): the upstream would run that model,
+    billed to the deployment's account, past the list that bounds the credential."""
+    tools = body.get("tools")
+    if principal.allowed_models is None or not isinstance(tools, list):
+        return
+    for index, tool in enumerate(tools):
+        model = tool.get("model") if isinstance(tool, dict) else None
+        if isinstance(model, str) and not principal.may_use(model):
+            raise model_not_found(model, f"{prefix}tools[{index}].model")
 
 
 def too_large_for_bus() -> APIError:

@@ -91,7 +91,7 @@ from switchyard.gateway.api.jobs import request_cancellation
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.dispatch import Dispatch
-from switchyard.gateway.intake import check_model, submit_batch
+from switchyard.gateway.intake import check_model, check_tool_models, submit_batch
 from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.schemas import ResponsesInputTokensRequest, ResponsesRequest
 
@@ -435,6 +435,7 @@ async def _conversation(
     caller's access to the model is checked (before reading any history). Raises
     APIError as those do."""
     check_model(gateway, principal, client.model)
+    check_tool_models(principal, client.body)
     sent = client.body
     _refuse_duplicate_items(sent, [])  # before reading anything
     # Continuing a stored response, or naming its items, reads them: only a credential

@@ -1,0 +1,44 @@
+"""A credential bound to a list of models cannot reach another through a tool the upstream
+runs itself (a Responses `image_generation` tool names its own `model`), on every path a
+Responses request takes: the API itself and its token count (jobs take no Responses
+request; background responses are the API's own)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import API_KEY
+
+TOOL = {"type": "image_generation", "model": "gpt-image-1"}
+BODY = {"model": "sim-small", "input": "Draw a cat", "tools": [{"type": "web_search"}, TOOL]}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/responses", BODY, "tools[1].model"),
+        ("/v1/responses/input_tokens", BODY, "tools[1].model"),
+    ],
+)
+async def test_a_bound_credential_is_refused_a_model_named_in_a_tool(harness, path, body, param):
+    token = harness.auth.token(allowed_models=["sim-small"])
+
+    refused = await harness.client.post(path, json=body, headers=bearer(token))
+
+    assert refused.status_code == 404, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("model_not_found", param)
+    assert "gpt-image-1" in error["message"]
+    assert harness.requests == []  # nothing was published
+
+
+async def test_a_tools_model_the_credential_allows_or_an_unbound_one_is_sent(harness):
+    allowed = harness.auth.token(allowed_models=["sim-small", "gpt-image-1"])
+    for credential in (allowed, API_KEY):
+        response = await harness.client.post("/v1/responses", json=BODY, headers=bearer(credential))
+        assert response.status_code == 200, response.text
+    assert [request.data.body["tools"][1] for request in harness.requests] == [TOOL, TOOL]
