@@ -344,14 +344,17 @@ async def test_a_wrong_password_is_refused_with_a_message_and_no_cookie():
         )
 
 
-async def test_a_throttled_sign_in_says_when_to_try_again():
-    double = ConsoleDouble(sign_in_throttled_s=42)
+@pytest.mark.parametrize(
+    ("seconds", "said"), [(42, "in 42 seconds"), (298, "in 5 minutes"), (60, "in 1 minute")]
+)
+async def test_a_throttled_sign_in_says_when_to_try_again(seconds, said):
+    double = ConsoleDouble(sign_in_throttled_s=seconds)
     async with console(double) as gw:
         response = await sign_in(gw)
 
     assert response.status_code == 429
-    assert response.headers["retry-after"] == "42"
-    assert "Too many sign-in attempts" in response.text
+    assert response.headers["retry-after"] == str(seconds)
+    assert f"Too many sign-in attempts; try again {said}." in response.text
 
 
 @pytest.mark.parametrize(

@@ -223,6 +223,19 @@ async def login_page(request: Request) -> Response:
     )
 
 
+def _after(retry_after: str | None) -> str:
+    """When auth's `Retry-After` (whole seconds) lets a sign-in be tried again, as people
+    say it: `in 45 seconds`, `in 5 minutes` (rounded up); `later` without one."""
+    try:
+        seconds = int(retry_after or "")
+    except ValueError:
+        return "later"
+    if seconds < 60:
+        return f"in {max(seconds, 1)} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"in {minutes} minute{'s' if minutes != 1 else ''}"
+
+
 @router.post("/login")
 async def login(
     request: Request,
@@ -246,7 +259,7 @@ async def login(
         messages = {
             400: "Enter a valid email and password.",
             401: "Incorrect email or password.",
-            429: "Too many sign-in attempts; wait a minute and try again.",
+            429: f"Too many sign-in attempts; try again {_after(exc.retry_after)}.",
         }
         status = exc.status if exc.status in messages else 503
         page = sign_in_page(status, messages.get(exc.status, exc.message))
