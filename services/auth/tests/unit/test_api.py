@@ -165,8 +165,29 @@ def test_a_disabled_user_cannot_sign_in(client: TestClient, create_user, run_wit
             "Unsupported grant_type",
             "unsupported_grant_type",
         ),
+        (
+            {"json": {"email": "a@b.c", "password": "x"}},
+            "username",
+            "takes the email as 'username'",
+            "invalid_request",
+        ),
+        (
+            {"json": {"username": "a@b.c", "password": "x"}},
+            "grant_type",
+            "Missing 'grant_type'",
+            "invalid_request",
+        ),
     ],
-    ids=["missing-field", "wrong-type", "malformed-json", "not-an-object", "form-missing", "grant"],
+    ids=[
+        "missing-field",
+        "wrong-type",
+        "malformed-json",
+        "not-an-object",
+        "form-missing",
+        "grant",
+        "email-for-username",
+        "no-grant-type",
+    ],
 )
 def test_bad_token_requests_get_400_naming_the_problem(
     client: TestClient, request_kwargs: dict, param: str | None, message_part: str, code: str

@@ -194,6 +194,26 @@ async def issue_token(
     """Exchange an email and password for an access token and a refresh token."""
     fields = await _read_fields(request)
     grant_type = fields.get("grant_type") if isinstance(fields, dict) else None
+    if isinstance(fields, dict) and "email" in fields and "username" not in fields:
+        # The password grant's own field names (RFC 6749): a newcomer's `email` is refused
+        # by name, not as one of several missing fields.
+        TOKEN_REQUESTS.labels("invalid_request").inc()
+        raise APIError(
+            400,
+            "The password grant takes the email as 'username': send grant_type=password, "
+            "username=<your email> and password.",
+            param="username",
+            code="invalid_request",
+        )
+    if isinstance(fields, dict) and grant_type is None:
+        TOKEN_REQUESTS.labels("invalid_request").inc()
+        raise APIError(
+            400,
+            "Missing 'grant_type': 'password' to sign in with 'username' (your email) and "
+            "'password', or 'refresh_token' with 'refresh_token'.",
+            param="grant_type",
+            code="invalid_request",
+        )
     if grant_type == "refresh_token":
         return await _refresh(service, _validate(RefreshGrant, fields).refresh_token)
     if grant_type is not None and grant_type != "password":
