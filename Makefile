@@ -129,5 +129,11 @@ schema: install ## Regenerate the published event contract (docs/events/: JSON S
 	$(UV) run --no-sync switchyard events asyncapi --output docs/events/asyncapi.json
 
 .PHONY: clean
-clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache)
+clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache); refused while `make run` runs here
+	@# A running `switchyard dev` holds an exclusive flock on .switchyard/dev.lock: its
+	@# databases and keys must not vanish under it.
+	@if [ -e .switchyard/dev.lock ] && command -v flock >/dev/null && ! flock -n .switchyard/dev.lock true; then \
+		echo "make clean: a switchyard dev (make run) is running in this directory; stop it first, its state is in .switchyard/" >&2; \
+		exit 1; \
+	fi
 	rm -rf .switchyard .pytest_cache .ruff_cache build

@@ -244,6 +244,22 @@ def test_start_up_shows_the_banner_and_nothing_else(embedded):
     assert "API key: sk-sy-" in banner
 
 
+def test_make_clean_refuses_to_delete_the_state_of_a_running_make_run(embedded):
+    """`make clean` beside a running `make run` would delete its databases and keys under
+    it (the gateway answering on, the CLI finding nothing): it is refused instead."""
+    cleaned = subprocess.run(
+        ["make", "-s", "-f", str(REPO / "Makefile"), "clean"],
+        cwd=embedded.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cleaned.returncode != 0
+    assert "is running in this directory; stop it first" in cleaned.stderr
+    assert (embedded.workdir / ".switchyard" / "auth.db").exists()
+    assert (embedded.workdir / ".switchyard" / "history.db").exists()
+
+
 def test_swagger_ui_of_every_service_loads_from_local_files_only(embedded):
     for service in SERVICES:
         base = embedded.url(service)
