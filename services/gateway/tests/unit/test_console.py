@@ -1281,3 +1281,12 @@ async def test_a_trailing_slash_is_redirected_to_a_path_never_to_the_host_header
         await sign_in(gw)
         posted = await gw.client.post("/ui/keys/", headers={"host": "evil.example"})
         assert "evil.example" not in posted.headers.get("location", "")
+
+
+async def test_a_turned_off_console_says_so_at_its_address():
+    async with console(console_enabled=False) as gw:
+        response = await gw.client.get("/ui/")
+
+    assert response.status_code == 404
+    assert "the web console is turned off" in response.json()["error"]["message"]
+    assert "SWITCHYARD_GATEWAY_CONSOLE_ENABLED" in response.json()["error"]["message"]

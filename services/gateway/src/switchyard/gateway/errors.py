@@ -300,6 +300,12 @@ def unknown_route_message(path: str) -> str:
         )
     if path.startswith("/v1/"):
         return f"No route at {path}; every route is listed at /docs."
+    if path == "/ui" or path.startswith("/ui/"):
+        # The console's pages answer their own 404s: here it is turned off.
+        return (
+            f"No route at {path}: the web console is turned off on this gateway "
+            "(SWITCHYARD_GATEWAY_CONSOLE_ENABLED)."
+        )
     return f"No route at {path}. The model APIs are under /v1; every route is listed at /docs."
 
 
