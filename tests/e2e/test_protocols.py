@@ -232,8 +232,10 @@ def test_a_claude_code_shaped_request_streams_from_an_anthropic_model(system):
     ]
     messages = [
         {"role": "user", "content": [{"type": "text", "text": "Fix the failing test."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Looking."}]},
+        # Where Anthropic takes a system message inside `messages`: right after a user
+        # turn, followed by an assistant turn (or last).
         {"role": "system", "content": "The user switched to plan mode."},
+        {"role": "assistant", "content": [{"type": "text", "text": "Looking."}]},
         {
             "role": "user",
             "content": [

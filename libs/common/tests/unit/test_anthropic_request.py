@@ -12,6 +12,7 @@ from switchyard.common.anthropic_request import (
     AnthropicRequestError,
     check_count_tokens_request,
     check_messages_request,
+    check_system_message_placement,
 )
 
 USER = {"role": "user", "content": "Hi"}
@@ -243,3 +244,26 @@ def test_count_tokens_takes_no_max_tokens_and_judges_the_same_contents() -> None
         )
     assert refused.value.path == "messages.0.content.0.document.source"
     assert refused.value.reason == "Input should be an object"
+
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+ASSISTANT = {"role": "assistant", "content": "Hello."}
+
+
+def test_system_messages_are_placed_by_anthropics_rules() -> None:
+    """Right after a user message, and last or followed by an assistant message; the
+    rules across fields take a system message anywhere (a translation to Chat
+    Completions sends it where it is)."""
+    for placed in ([USER, SYSTEM], [USER, SYSTEM, ASSISTANT, USER, SYSTEM]):
+        check_system_message_placement(body_with(*placed))
+    for misplaced, index in (
+        ([SYSTEM, USER], 0),
+        ([USER, ASSISTANT, SYSTEM, USER], 2),
+        ([USER, SYSTEM, USER], 1),
+        ([USER, ASSISTANT, SYSTEM], 2),
+    ):
+        body = body_with(*misplaced)
+        check_messages_request(body)
+        with pytest.raises(AnthropicRequestError) as refused:
+            check_system_message_placement(body)
+        assert refused.value.path == f"messages.{index}"

@@ -671,11 +671,14 @@ async def test_openai_request_is_translated_once_for_an_anthropic_upstream(
     assert sent.path == "/v1/messages" and "openai-beta" not in sent.headers
     assert sent.body == {
         "model": "upstream-claude",
-        "system": "Rules.",
+        # The later developer message too: a `role: "system"` message there is refused.
+        "system": [
+            {"type": "text", "text": "Rules."},
+            {"type": "text", "text": "Now in French."},
+        ],
         "messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "hello"},
-            {"role": "system", "content": "Now in French."},
             {"role": "user", "content": "again"},
         ],
         "max_tokens": 50,
@@ -1189,6 +1192,75 @@ async def test_a_request_without_an_output_limit_gets_the_deployments_default(
     finally:
         await harness.stop()
         await providers.aclose()
+
+
+@pytest.mark.parametrize("placed", [True, False], ids=["set", "unset"])
+@pytest.mark.parametrize(
+    "api", ["openai.chat_completions", "openai.responses", "openai.responses.input_tokens"]
+)
+async def test_a_later_system_message_is_sent_as_the_deployment_says(
+    recorder, monkeypatch, placed, api
+) -> None:
+    """A system message after the conversation started goes to the top-level `system`,
+    which every model takes, unless the deployment sets `mid_conversation_system_messages`
+    (its model takes `role: "system"` messages): then it stays one where Anthropic's
+    placement rules allow, as here, last after a user message. A count of a Responses
+    request's tokens counts what the response would send."""
+    monkeypatch.setenv("FIDELITY_ANTHROPIC_KEY", "sk-ant-api03-SECRETSECRETSECRET")
+    options = {"mid_conversation_system_messages": True} if placed else None
+    table = routing(recorder, claude_options=options)
+    providers = ProviderPool()
+    harness = await Harness.start(TOPICS, routing=table, providers=providers)
+    try:
+        body: dict[str, Any] = {"model": "claude"}
+        later = {"role": "developer", "content": "Be brief."}
+        if api == "openai.chat_completions":
+            body["messages"] = [{"role": "user", "content": "hi"}, later]
+        else:
+            body["input"] = [{"role": "user", "content": "hi"}, later]
+        if api == "openai.responses.input_tokens":
+            recorder.script(Scripted(json={"input_tokens": 9}))
+        else:
+            recorder.script(Scripted(json=anthropic_message(model="upstream-claude")))
+        reply = await harness.handle(chat_request(model="claude", api=api, body=body))
+        assert isinstance(reply, ChatCompleted), reply
+        sent = recorder.last.body
+        if placed:
+            assert "system" not in sent
+            assert sent["messages"][-1] == {"role": "system", "content": "Be brief."}
+        else:
+            assert sent["system"] == "Be brief."
+            assert [message["role"] for message in sent["messages"]] == ["user"]
+    finally:
+        await harness.stop()
+        await providers.aclose()
+
+
+def test_mid_conversation_system_messages_belongs_to_anthropics_own_api() -> None:
+    """Only Anthropic's API takes system messages inside `messages`: every other kind,
+    Bedrock and Vertex AI among them, refuses the setting (even `false`)."""
+    for provider, extra in (
+        ("openai", {"api_key_env": "K"}),
+        ("bedrock", {"region": "us-east-1"}),
+        ("vertex", {"region": "us-east5", "project_id": "p"}),
+    ):
+        for value in (True, False):
+            with pytest.raises(ValueError, match="'mid_conversation_system_messages' applies"):
+                Deployment(
+                    name="d",
+                    provider=provider,
+                    model="m",
+                    mid_conversation_system_messages=value,
+                    **extra,
+                )
+        assert Deployment(name="d", provider=provider, model="m", **extra)
+    assert (
+        Deployment(name="c", provider="anthropic", model="claude").mid_conversation_system_messages
+        is False
+    )
+    assert Deployment(
+        name="c", provider="anthropic", model="claude", mid_conversation_system_messages=True
+    ).mid_conversation_system_messages
 
 
 def test_default_max_tokens_belongs_to_anthropic_protocol_deployments() -> None:

@@ -692,7 +692,8 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
     assert sent.path == "/v1/messages"
     assert sent.body == {
         "model": "upstream-claude",
-        "system": "Answer briefly.",
+        # The developer item too: a later one goes to the top-level `system` by default.
+        "system": "Answer briefly.\n\nUse metric units.",
         "messages": [
             {
                 "role": "user",
@@ -721,8 +722,6 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
                     },
                 ],
             },
-            # After the result its call awaited: Anthropic needs it in the very next turn.
-            {"role": "system", "content": "Use metric units."},
         ],
         "max_tokens": 8000,
         "thinking": {"type": "enabled", "budget_tokens": 4096},

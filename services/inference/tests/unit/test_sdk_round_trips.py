@@ -272,6 +272,29 @@ async def test_openai_sdk_gets_a_completion_from_an_anthropic_deployment(
     assert simulator.stats()["routes"] == {"/v1/messages": 1}
 
 
+async def test_openai_sdk_system_messages_anywhere_reach_an_anthropic_deployment(
+    clients, simulator
+) -> None:
+    # The simulator refuses a `role: "system"` message where Anthropic's placement rules
+    # do not allow one: by default the translation puts later ones in `system`.
+    _, client = clients
+
+    completion = await client.chat.completions.create(
+        model="claude-sim",
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "developer", "content": "Now be brief."},
+            {"role": "user", "content": "second"},
+            {"role": "system", "content": "Answer in English."},
+        ],
+    )
+
+    assert completion.choices[0].message.content == "Simulated reply to: second"
+    assert simulator.stats()["routes"] == {"/v1/messages": 1}
+
+
 async def test_openai_sdk_tool_calls_and_results_through_an_anthropic_deployment(clients) -> None:
     _, client = clients
     question = {"role": "user", "content": "What is the weather in Madrid?"}
@@ -445,11 +468,12 @@ async def test_system_message_inside_messages_reaches_an_anthropic_deployment(
     message = await client.messages.create(
         model="claude-sim",
         max_tokens=10,
+        # Where Anthropic's placement rules allow it: right after a user message, last.
         messages=[
             {"role": "user", "content": "first"},
             {"role": "assistant", "content": "ok"},
-            {"role": "system", "content": "Now be brief."},
             {"role": "user", "content": "second"},
+            {"role": "system", "content": "Now be brief."},
         ],
     )
     assert message.content[0].text == "Simulated reply to: second"

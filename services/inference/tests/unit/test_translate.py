@@ -3,12 +3,16 @@ official SDKs' own types and stream accumulators (what a client of either SDK se
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 
-from switchyard.common.anthropic_request import check_messages_request
+from switchyard.common.anthropic_request import (
+    check_messages_request,
+    check_system_message_placement,
+)
 from switchyard.inference.translate import (
     ChatChunksToMessageEvents,
     CompletionAccumulator,
@@ -19,6 +23,7 @@ from switchyard.inference.translate import (
     chat_completion_to_message,
     chat_request_to_messages,
     chat_usage_from_messages,
+    image_media_type,
     message_to_chat_completion,
     messages_request_to_chat,
     messages_usage_from_chat,
@@ -534,6 +539,91 @@ def test_openai_images_become_base64_or_url_sources() -> None:
         {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}},
         {"type": "image", "source": {"type": "url", "url": "https://x/dog.png"}},
     ]
+
+
+# The first bytes of an image of each of Anthropic's types.
+IMAGE_HEADS = {
+    "image/png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01",
+    "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00",
+    "image/gif": b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff",
+    "image/webp": b"RIFF\x24\x00\x00\x00WEBPVP8 \x18\x00",
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _chat_image_source(url: str) -> dict[str, Any]:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+        ],
+    }
+    return chat_request_to_messages(body)["messages"][0]["content"][0]["source"]
+
+
+def _responses_image_sources(url: str) -> list[dict[str, Any]]:
+    """The sources of an image `url` in a user message and in a call's output."""
+    image = {"type": "input_image", "image_url": url}
+    body = {
+        "model": "m",
+        "tools": RESPONSES_TOOLS,
+        "input": [
+            {"role": "user", "content": [image]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [image]},
+        ],
+    }
+    turns = responses_request_to_messages(body)["messages"]
+    return [turns[0]["content"][0]["source"], turns[2]["content"][0]["content"][0]["source"]]
+
+
+@pytest.mark.parametrize("actual", IMAGE_HEADS)
+@pytest.mark.parametrize("declared", ["image/jpeg", "image/png", "application/octet-stream"])
+def test_an_image_data_url_is_sent_with_the_type_of_its_bytes(declared, actual) -> None:
+    """OpenAI reads an image whatever type its data URL declares; Anthropic refuses one
+    whose bytes are not of its `media_type`: the bytes' type is sent."""
+    data = _b64(IMAGE_HEADS[actual] + b"\x00" * 64)
+    url = f"data:{declared};base64,{data}"
+    expected = {"type": "base64", "media_type": actual, "data": data}
+
+    assert _chat_image_source(url) == expected
+    assert _responses_image_sources(url) == [expected, expected]
+
+
+def test_an_image_data_url_of_bytes_of_no_known_type_keeps_its_declared_type() -> None:
+    data = _b64(b"not an image header" * 4)
+
+    assert _chat_image_source(f"data:image/webp;base64,{data}")["media_type"] == "image/webp"
+    with pytest.raises(TranslationError) as refused:
+        _chat_image_source(f"data:image/bmp;base64,{data}")
+    assert refused.value.code == "invalid_value"
+    assert "image/bmp" in refused.value.message
+
+
+def test_an_image_type_is_read_from_the_first_bytes_only() -> None:
+    # What follows them is not decoded again (a data URL's data is checked once, whole).
+    assert image_media_type(_b64(IMAGE_HEADS["image/png"]) + "not base64 at all!") == "image/png"
+    assert image_media_type(_b64(b"GIF8")) is None
+
+
+@pytest.mark.parametrize("top_p", [1, 1.0])
+def test_a_top_p_of_1_is_not_sent_to_anthropic(top_p) -> None:
+    """1 is OpenAI's default, which asks for nothing; Claude Sonnet 4.5 and later refuse
+    `temperature` and `top_p` both set. A `top_p` below 1 is still sent."""
+    chat = {"model": "m", "messages": USER, "temperature": 0.5}
+    responses = {"model": "m", "input": "x", "temperature": 0.5}
+
+    for translated in (
+        chat_request_to_messages({**chat, "top_p": top_p}),
+        responses_request_to_messages({**responses, "top_p": top_p}),
+    ):
+        assert translated["temperature"] == 0.5
+        assert "top_p" not in translated
+    assert chat_request_to_messages({**chat, "top_p": 0.9})["top_p"] == 0.9
+    assert responses_request_to_messages({**responses, "top_p": 0.9})["top_p"] == 0.9
 
 
 def test_openai_json_schema_response_format_becomes_output_config() -> None:
@@ -1475,7 +1565,7 @@ def test_stream_translations_compose_back_to_the_original_reply() -> None:
 # =========================================================================== v2 mappings
 
 
-def test_system_messages_mid_conversation_keep_their_place_both_ways() -> None:
+def test_an_anthropic_system_message_keeps_its_place_towards_chat_completions() -> None:
     anthropic_body = {
         "model": "m",
         "max_tokens": 5,
@@ -1489,9 +1579,143 @@ def test_system_messages_mid_conversation_keep_their_place_both_ways() -> None:
     to_openai = messages_request_to_chat(anthropic_body)["messages"]
     assert to_openai[2] == {"role": "system", "content": "Plan mode."}
 
-    back = chat_request_to_messages(to_openai and {"model": "m", "messages": to_openai})
-    assert back["messages"][2] == {"role": "system", "content": "Plan mode."}
-    assert "system" not in back  # not hoisted: it was not at the start
+
+CACHE = {"type": "ephemeral"}
+
+
+def _openai_call(call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+# Chat Completions messages with system and developer messages after the conversation
+# started: after a user message and last, after a tool result and before an assistant
+# message, between an assistant and a user message.
+LATER_SYSTEM_MESSAGES = [
+    {"role": "system", "content": "Rules."},
+    {"role": "user", "content": "a"},
+    {"role": "developer", "content": "After a user message, before a user message."},
+    {"role": "user", "content": "b"},
+    {"role": "assistant", "tool_calls": [_openai_call("c1")]},
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    {
+        "role": "system",
+        "content": [{"type": "text", "text": "After a tool result.", "cache_control": CACHE}],
+    },
+    {"role": "assistant", "content": "Sunny."},
+    {"role": "developer", "content": "After an assistant message."},
+    {"role": "user", "content": "c"},
+    {"role": "system", "content": "Last."},
+]
+
+
+def test_later_system_messages_go_to_the_top_level_system_by_default() -> None:
+    """Only some models take `role: "system"` messages (Claude Opus 4.8 and later, on
+    Anthropic's API): by default every later system or developer message is appended to
+    the top-level `system`, which every model takes, a block of its own as the leading
+    ones are, its `cache_control` kept; the turns around one are merged."""
+    body = {"model": "m", "messages": LATER_SYSTEM_MESSAGES}
+
+    result = chat_request_to_messages(body)
+
+    check_messages_request(result)
+    assert result["system"] == [
+        {"type": "text", "text": "Rules."},
+        {"type": "text", "text": "After a user message, before a user message."},
+        {"type": "text", "text": "After a tool result.", "cache_control": CACHE},
+        {"type": "text", "text": "After an assistant message."},
+        {"type": "text", "text": "Last."},
+    ]
+    assert [turn["role"] for turn in result["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert result["messages"][0]["content"] == [
+        {"type": "text", "text": "a"},
+        {"type": "text", "text": "b"},
+    ]
+    assert result["messages"][3:] == [
+        {"role": "assistant", "content": "Sunny."},
+        {"role": "user", "content": "c"},
+    ]
+
+
+def test_a_later_system_message_alone_makes_the_system_a_string() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": "c"},
+        ],
+    }
+
+    result = chat_request_to_messages(body)
+
+    assert result["system"] == "Be brief."
+    assert result["messages"] == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+
+
+def test_later_system_messages_stay_in_place_where_anthropic_allows_them() -> None:
+    """With `mid_conversation_system_messages` (a model that takes `role: "system"`), a
+    later system message stays one right after a user turn when it is last or an
+    assistant turn follows it (Anthropic's placement rules); elsewhere it goes to the
+    top-level `system`."""
+    body = {"model": "m", "messages": LATER_SYSTEM_MESSAGES}
+
+    result = chat_request_to_messages(body, mid_conversation_system_messages=True)
+
+    check_messages_request(result)
+    check_system_message_placement(result)
+    assert result["system"] == [
+        {"type": "text", "text": "Rules."},
+        {"type": "text", "text": "After a user message, before a user message."},
+        {"type": "text", "text": "After an assistant message."},
+    ]
+    assert [turn["role"] for turn in result["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+        "system",
+        "assistant",
+        "user",
+        "system",
+    ]
+    assert result["messages"][3] == {
+        "role": "system",
+        "content": [{"type": "text", "text": "After a tool result.", "cache_control": CACHE}],
+    }
+    assert result["messages"][5:] == [
+        {"role": "user", "content": "c"},
+        {"role": "system", "content": "Last."},
+    ]
+
+
+def test_consecutive_later_system_messages_are_one_system_turn() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "system", "content": "One."},
+            {"role": "developer", "content": "Two."},
+        ],
+    }
+
+    result = chat_request_to_messages(body, mid_conversation_system_messages=True)
+
+    check_system_message_placement(result)
+    assert "system" not in result
+    assert result["messages"][1] == {
+        "role": "system",
+        "content": [{"type": "text", "text": "One."}, {"type": "text", "text": "Two."}],
+    }
 
 
 @pytest.mark.parametrize(
@@ -2518,9 +2742,11 @@ def test_a_tool_id_anthropic_takes_is_kept() -> None:
 
 def test_a_developer_item_between_a_call_and_its_output_follows_the_output() -> None:
     """Anthropic needs a tool use's result in the very next turn: a developer item that
-    came between them is sent right after the result, never between."""
+    came between them is sent right after the result, never between (where a model
+    taking system messages gets it as one), or in the top-level `system`."""
     body = {
         "model": "m",
+        "instructions": "Be brief.",
         "tools": [{"type": "function", "name": "get_weather", "parameters": {}}],
         "input": [
             {"role": "user", "content": "weather?"},
@@ -2534,10 +2760,79 @@ def test_a_developer_item_between_a_call_and_its_output_follows_the_output() -> 
             {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
         ],
     }
+    placed = responses_request_to_messages(body, mid_conversation_system_messages=True)
+    check_messages_request(placed)
+    check_system_message_placement(placed)
+    assert [turn["role"] for turn in placed["messages"]] == ["user", "assistant", "user", "system"]
+    assert placed["messages"][3]["content"] == "Tool results follow."
+    assert placed["system"] == "Be brief."
+
     result = responses_request_to_messages(body)
     check_messages_request(result)
-    assert [turn["role"] for turn in result["messages"]] == ["user", "assistant", "user", "system"]
-    assert result["messages"][3]["content"] == "Tool results follow."
+    assert [turn["role"] for turn in result["messages"]] == ["user", "assistant", "user"]
+    assert result["system"] == "Be brief.\n\nTool results follow."
+
+
+# Responses input with system and developer items after the conversation started: after
+# a user message and before one, two in a row after a function call's output and before
+# an assistant message, after an assistant message, last.
+LATER_SYSTEM_ITEMS: list[dict[str, Any]] = [
+    {"role": "user", "content": "a"},
+    {"role": "developer", "content": "Before a user message."},
+    {"role": "user", "content": [{"type": "input_text", "text": "b"}]},
+    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    {"role": "system", "content": "After an output."},
+    {"role": "developer", "content": [{"type": "input_text", "text": "And another."}]},
+    {"role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
+    {"role": "developer", "content": "After an assistant message."},
+    {"role": "user", "content": "c"},
+    {"role": "system", "content": "Last."},
+]
+
+
+def test_later_system_items_go_to_the_top_level_system_by_default() -> None:
+    body = {"model": "m", "instructions": "Rules.", "input": LATER_SYSTEM_ITEMS}
+
+    result = responses_request_to_messages(body)
+
+    check_messages_request(result)
+    assert result["system"] == (
+        "Rules.\n\nBefore a user message.\n\nAfter an output.\n\nAnd another.\n\n"
+        "After an assistant message.\n\nLast."
+    )
+    assert [turn["role"] for turn in result["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert result["messages"][0]["content"] == [
+        {"type": "text", "text": "a"},
+        {"type": "text", "text": "b"},
+    ]
+
+
+def test_later_system_items_stay_in_place_where_anthropic_allows_them() -> None:
+    body = {"model": "m", "instructions": "Rules.", "input": LATER_SYSTEM_ITEMS}
+
+    result = responses_request_to_messages(body, mid_conversation_system_messages=True)
+
+    check_messages_request(result)
+    check_system_message_placement(result)
+    assert result["system"] == ("Rules.\n\nBefore a user message.\n\nAfter an assistant message.")
+    assert [turn["role"] for turn in result["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+        "system",
+        "assistant",
+        "user",
+        "system",
+    ]
+    assert result["messages"][3]["content"] == "After an output.\n\nAnd another."
+    assert result["messages"][6]["content"] == "Last."
 
 
 def _fc(call_id: str) -> dict[str, Any]:

@@ -1469,3 +1469,46 @@ def test_interleaved_thinking_takes_a_budget_above_max_tokens(http):
     beta = {"anthropic-beta": "context-1m-2025-08-07, interleaved-thinking-2025-05-14"}
     answered = http.post(MESSAGES, json=body, headers=beta)
     assert answered.status_code == 200, answered.text
+
+
+# ------------------------------------------------------------------ system messages
+
+
+def _turns(*roles: str) -> dict[str, Any]:
+    return {"messages": [{"role": role, "content": f"A {role} message."} for role in roles]}
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+@pytest.mark.parametrize(
+    ("roles", "index"),
+    [
+        (("system", "user"), 0),  # first: the top-level `system` is for that
+        (("user", "assistant", "system", "user"), 2),  # after an assistant message
+        (("user", "system", "user"), 1),  # followed by a user message
+        (("user", "system", "system"), 1),  # followed by another system message
+        (("user", "assistant", "system"), 2),  # last, after an assistant message
+    ],
+)
+def test_a_system_message_placed_against_anthropics_rules_is_refused(http, route, roles, index):
+    """Anthropic's placement rules for mid-conversation system messages: right after a
+    user message, and last or followed by an assistant message."""
+    response = post(http, route, _turns(*roles))
+
+    assert response.status_code == 400
+    assert response.json() == anthropic_body(
+        f"messages.{index}: a system message must come right after a user message, and be "
+        "the last message or be followed by an assistant message"
+    )
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+@pytest.mark.parametrize(
+    "roles",
+    [
+        ("user", "system"),
+        ("user", "system", "assistant"),
+        ("user", "assistant", "user", "system", "assistant", "user", "system"),
+    ],
+)
+def test_a_system_message_placed_as_anthropic_allows_is_taken(http, route, roles):
+    assert post(http, route, _turns(*roles)).status_code == 200

@@ -47,6 +47,7 @@ __all__ = [
     "RULES_ACROSS_FIELDS",
     "check_count_tokens_request",
     "check_messages_request",
+    "check_system_message_placement",
     "error_of",
 ]
 
@@ -313,7 +314,8 @@ ContentBlock = Annotated[
 @with_config(_STRICT)
 class _Message(TypedDict, total=False):
     # The role's values are the caller's to judge: the simulator and the translation also
-    # take a `system` message, as some clients send one.
+    # take a `system` message, as some clients send one (the simulator where Anthropic's
+    # placement rules allow it: `check_system_message_placement`).
     role: Required[str]
     content: Required[Annotated[list[ContentBlock], BeforeValidator(_string_or_blocks)]]
 
@@ -562,6 +564,34 @@ def _tool_choice_names_a_tool(body: dict[str, Any]) -> None:
         raise AnthropicRequestError(
             "tool_choice.name", f"Tool '{choice['name']}' not found in provided tools"
         )
+
+
+def check_system_message_placement(body: dict[str, Any]) -> None:
+    """Judge where the `role: "system"` messages of `body`'s `messages` (a body whose
+    types are valid) are, by Anthropic's placement rules for mid-conversation system
+    messages (Claude Opus 4.8 and later, on Anthropic's API; other models refuse any):
+    each right after a user message, and the last message or followed by an assistant
+    message.
+
+    Not one of `RULES_ACROSS_FIELDS`: the translation of a Messages request for an
+    OpenAI-protocol deployment sends a system message where it is, as Chat Completions
+    takes one anywhere; the provider simulator, standing in for Anthropic, applies it.
+
+    Raises:
+        AnthropicRequestError: the first system message placed otherwise.
+    """
+    messages = body["messages"]
+    for index, message in enumerate(messages):
+        if message["role"] != "system":
+            continue
+        after_user = index > 0 and messages[index - 1]["role"] == "user"
+        following = messages[index + 1]["role"] if index + 1 < len(messages) else None
+        if not after_user or following not in (None, "assistant"):
+            raise AnthropicRequestError(
+                f"messages.{index}",
+                "a system message must come right after a user message, and be the last "
+                "message or be followed by an assistant message",
+            )
 
 
 # Each takes a body whose types are valid and raises AnthropicRequestError.

@@ -132,6 +132,9 @@ _KIND_FIELDS: dict[str, frozenset[str]] = {
     "default_max_tokens": frozenset(
         kind for kind, protocol in PROVIDER_PROTOCOLS.items() if protocol == "anthropic"
     ),
+    # How OpenAI clients' later system messages are sent to Anthropic's own API (Bedrock
+    # and Vertex AI take none inside `messages`).
+    "mid_conversation_system_messages": frozenset({"anthropic"}),
 }
 _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "azure_openai": ("base_url", "api_version"),
@@ -241,6 +244,17 @@ class Deployment(_Strict):
         "requires one): the model's own output limit, say. Unset: "
         "SWITCHYARD_INFERENCE_ANTHROPIC_DEFAULT_MAX_TOKENS (4096).",
     )
+    mid_conversation_system_messages: bool = Field(
+        default=False,
+        description='`anthropic` deployments: the model takes `role: "system"` '
+        "messages inside `messages` (Claude Opus 4.8 and later, on Anthropic's API; "
+        "Bedrock and Vertex AI take none, and refuse the setting), so a Chat Completions "
+        "or Responses request's system or developer message after the conversation "
+        "started stays one where Anthropic's "
+        "placement rules allow it (right after a user turn, and last or followed by an "
+        "assistant turn). Unset: every such message is appended to the top-level `system`, "
+        "which every model takes.",
+    )
     max_retries: int = Field(
         default=2,
         ge=0,
@@ -281,7 +295,9 @@ class Deployment(_Strict):
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Deployment:
         for field, kinds in _KIND_FIELDS.items():
-            if getattr(self, field) is not None and self.provider not in kinds:
+            # Given at all (a flag's `false` too), not only set to something.
+            written = field in self.model_fields_set and getattr(self, field) is not None
+            if written and self.provider not in kinds:
                 raise ValueError(
                     f"'{field}' applies only to {' and '.join(sorted(kinds))} deployments"
                 )

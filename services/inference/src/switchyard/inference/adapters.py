@@ -629,6 +629,7 @@ class ChatViaMessages(ChatPassThrough):
             chat_request_to_messages,
             body,
             default_max_tokens=deployment.default_max_tokens or self.default_max_tokens,
+            mid_conversation_system_messages=deployment.mid_conversation_system_messages,
         )
         payload["model"] = deployment.model
         if stream:
@@ -923,7 +924,12 @@ class InputTokensViaMessages(InputTokensPassThrough):
                 param="input",
                 code="unsupported_parameter",
             )
-        message = _translated(responses_request_to_messages, body, self.previous_items)
+        message = _translated(
+            responses_request_to_messages,
+            body,
+            self.previous_items,
+            mid_conversation_system_messages=deployment.mid_conversation_system_messages,
+        )
         payload = {name: message[name] for name in _COUNT_TOKENS_FIELDS if name in message}
         payload["model"] = deployment.model
         return UpstreamCall(
@@ -1206,6 +1212,7 @@ class ResponsesViaMessages(ResponsesPassThrough):
             body,
             self.previous_items,
             default_max_tokens=deployment.default_max_tokens or self.default_max_tokens,
+            mid_conversation_system_messages=deployment.mid_conversation_system_messages,
         )
         payload["model"] = deployment.model
         if stream:

@@ -1369,21 +1369,27 @@ _BUDGET_BY_EFFORT = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384
 
 
 def chat_request_to_messages(
-    body: dict[str, Any], *, default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS
+    body: dict[str, Any],
+    *,
+    default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
+    mid_conversation_system_messages: bool = False,
 ) -> dict[str, Any]:
-    """An OpenAI Chat Completions request as an Anthropic Messages request.
+    """An OpenAI Chat Completions request as an Anthropic Messages request, with
+    `default_max_tokens` as its `max_tokens` when the client set no output limit.
 
     Leading system and developer messages become the top-level `system` blocks; later
-    ones stay system messages where they are. Consecutive messages of the same role are
-    merged, as Anthropic requires alternating turns; tool messages become `tool_result`
-    blocks. Raises TranslationError, in OpenAI's words and with `param` in Chat
+    ones are appended to them, or, with `mid_conversation_system_messages` (the
+    deployment's model takes `role: "system"` messages), stay system messages where
+    Anthropic's placement rules allow (`place_system_turns`). Consecutive messages of the
+    same role are merged, as Anthropic requires alternating turns; tool messages become
+    `tool_result` blocks. Raises TranslationError, in OpenAI's words and with `param` in Chat
     Completions' notation (`messages.[0].content`), for what Messages cannot express
     (`logprobs`, `n` > 1, `seed`, `temperature` above 1, `reasoning_effort` with a forced
     tool...: `add_anthropic_thinking`) and for what OpenAI itself
     refuses in a field the translation renames or reshapes (a `max_tokens` below 1, a
     user message without `content`...)."""
     try:
-        return _chat_request_to_messages(body, default_max_tokens)
+        return _chat_request_to_messages(body, default_max_tokens, mid_conversation_system_messages)
     except TranslationError as exc:
         if exc.param is not None:
             exc.param = chat_param(exc.param)
@@ -1431,7 +1437,9 @@ def check_tool_messages(messages: list[dict[str, Any]]) -> None:
         )
 
 
-def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+def _chat_request_to_messages(
+    body: dict[str, Any], default_max_tokens: int, mid_conversation_system_messages: bool
+) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     refuse_unknown(body, _CHAT_FIELDS, "Anthropic's Messages API")
@@ -1467,6 +1475,8 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
             )
             if not turns:
                 system_blocks += blocks
+            elif blocks and turns[-1]["role"] == "system":
+                turns[-1]["content"].extend(blocks)
             elif blocks:
                 turns.append({"role": "system", "content": blocks})
             continue
@@ -1497,6 +1507,8 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         else:
             turns.append({"role": turn_role, "content": blocks})
     check_tool_messages(raw_messages)
+    for content in place_system_turns(turns, kept=mid_conversation_system_messages):
+        system_blocks += content
     unique_tool_use_ids(turns)
     for turn in turns:
         # Tool results must open a user turn; a plain string is the compact form.
@@ -1999,6 +2011,41 @@ def trim_prefill(turns: list[dict[str, Any]]) -> None:
                 turns.pop()
 
 
+def place_system_turns(turns: list[dict[str, Any]], *, kept: bool) -> list[Any]:
+    """Take out of Anthropic `turns` (in place) the system turns, made of an OpenAI
+    client's system or developer messages after the conversation started, and return
+    their contents in order (a turn's text blocks, or its text) for the caller to append
+    to the request's top-level `system`: every model takes that, and reads them there
+    with a system prompt's authority, which they would lose as user text. The turns of
+    one role that were on either side of a system turn taken out are merged (Anthropic
+    requires alternation).
+
+    With `kept` (the deployment's model takes `role: "system"` messages: Claude Opus 4.8
+    and later on Anthropic's API), a system turn stays where it is when Anthropic's
+    placement rules ("Mid-conversation system messages") allow it there: right after a
+    user turn, and last or followed by an assistant turn. Other models, and Claude on
+    Amazon Bedrock and Vertex AI, refuse any ("role 'system' is not supported on this
+    model"). `turns` hold no two system turns in a row (the callers merge them)."""
+    hoisted: list[Any] = []
+    placed: list[dict[str, Any]] = []
+    for position, turn in enumerate(turns):
+        if turn["role"] == "system":
+            after_user = bool(placed) and placed[-1]["role"] == "user"
+            following = turns[position + 1]["role"] if position + 1 < len(turns) else None
+            if kept and after_user and following in (None, "assistant"):
+                placed.append(turn)
+            else:
+                hoisted.append(turn["content"])
+            continue
+        previous = placed[-1] if placed else None
+        if previous is not None and previous["role"] == turn["role"]:
+            previous["content"].extend(turn["content"])
+        else:
+            placed.append(turn)
+    turns[:] = placed
+    return hoisted
+
+
 # Anthropic's least `budget_tokens`; a client's output cap must also leave at least this
 # many tokens for the reply beside it, or the request is sent without thinking.
 _MIN_THINKING_BUDGET = 1024
@@ -2165,16 +2212,43 @@ def document_source(media_type: str, data: str, where: str) -> dict[str, Any]:
     raise not_one_of(where, media_type or "no media type", ("application/pdf", "text/plain"))
 
 
+def image_media_type(data: str) -> str | None:
+    """The media type of base64 image `data` (valid base64, `parse_data_url`'s) read from
+    its first bytes: one of `ANTHROPIC_IMAGE_TYPES` when they are that format's signature,
+    else None. Only the first 16 characters (12 bytes) are decoded, whatever the image's
+    size.
+
+    The signatures: JPEG's start-of-image marker and the first byte of the marker after
+    it (ITU-T T.81: `FF D8`, then `FF`); PNG's file signature (RFC 2083, 3.1: `89 50 4E 47
+    0D 0A 1A 0A`); GIF's header (the GIF89a specification, 17: `GIF87a` or `GIF89a`);
+    WebP's RIFF header (RFC 9649: `RIFF`, the file's size in 4 bytes, `WEBP`)."""
+    head = base64.b64decode(data[:16])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 def image_source(url: str, where: str) -> dict[str, Any]:
     """Anthropic's image `source` for an OpenAI image URL: `base64` for a `data:` URL
-    (`parse_data_url`) of one of `ANTHROPIC_IMAGE_TYPES`, `url` for an http(s) one.
-    Raises TranslationError (`invalid_value`) for any other scheme or media type, or a
-    malformed data URL."""
+    (`parse_data_url`), `url` for an http(s) one. A data URL's media type is its bytes'
+    (`image_media_type`) when they are one of `ANTHROPIC_IMAGE_TYPES`, whatever the URL
+    declares: OpenAI reads the image itself, and Anthropic refuses an image whose bytes
+    are not of the declared type. Raises TranslationError (`invalid_value`) for any other
+    scheme, for a data URL whose bytes are none of those types and whose declared type is
+    not one either, or for a malformed data URL."""
     data_url = parse_data_url(url, where)
     if data_url is not None:
-        if data_url[0] not in ANTHROPIC_IMAGE_TYPES:
-            raise not_one_of(where, data_url[0] or "no media type", ANTHROPIC_IMAGE_TYPES)
-        return {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
+        declared, data = data_url
+        media_type = image_media_type(data) or declared
+        if media_type not in ANTHROPIC_IMAGE_TYPES:
+            raise not_one_of(where, declared or "no media type", ANTHROPIC_IMAGE_TYPES)
+        return {"type": "base64", "media_type": media_type, "data": data}
     if not url.lower().startswith(("https://", "http://")):
         raise invalid_value(where, "expected an http(s) URL or a data URL.")
     return {"type": "url", "url": url}
@@ -2404,7 +2478,8 @@ def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None
     end user (`safety_identifier`, else `user`, as Anthropic's `metadata.user_id`: the
     identifier Anthropic uses to detect abuse, which OpenAI's `safety_identifier` is and
     its deprecated `user` was) into
-    the Anthropic request `result`. Raises TranslationError in OpenAI's words for a value
+    the Anthropic request `result`; a `top_p` of 1 (the default) is not sent. Raises
+    TranslationError in OpenAI's words for a value
     OpenAI refuses (a `temperature` outside 0 to 2, a `top_p` outside 0 to 1, a `user`
     that is not a string: Anthropic would refuse it under its own field name), and for a
     `temperature` above 1, outside Anthropic's range."""
@@ -2417,7 +2492,9 @@ def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None
             )
         result["temperature"] = temperature
     top_p = _number_between(body, "top_p", 1)
-    if top_p is not None:
+    # 1, OpenAI's default, asks for nothing: sent beside `temperature` it would be refused
+    # by the Claude models that take only one of the two (Claude Sonnet 4.5 and later).
+    if top_p is not None and top_p != 1:
         result["top_p"] = top_p
     for name in ("user", "safety_identifier"):
         value = body.get(name)
@@ -2767,40 +2844,77 @@ def _continuing(call: dict[str, Any]) -> dict[str, Any]:
 
 
 class ToolCallIndexes:
-    """Gives each `tool_calls` delta of one Chat Completions stream its `index`, for
-    servers that leave it out (Gemini's OpenAI-compatible API sends each call, or pieces
-    of its arguments, without one): a delta with an id not seen before starts the next
-    call, one with an id seen before belongs to that call (its id, type and name, already
-    given, left out, as OpenAI's continuing deltas leave them: stream readers join what
-    each delta repeats), one without an id (or an empty one) continues the last call.
-    Deltas with an index keep it, as they are."""
+    """Gives each `tool_calls` delta of one Chat Completions stream the `index` of the call
+    it belongs to, one index a call:
+
+    - for servers that leave it out (Gemini's OpenAI-compatible API sends each call, or
+      pieces of its arguments, without one): a delta with an id not seen before starts
+      the next call, one with an id seen before belongs to that call (its id, type and
+      name, already given, left out, as OpenAI's continuing deltas leave them: stream
+      readers join what each delta repeats), one without an id (or an empty one)
+      continues the last call;
+    - for servers that give parallel calls one index (Ollama gives each call of a turn
+      index 0): a delta with an id other than that of the call its index holds starts a
+      new call, at the next free index, and the deltas after it at that index without an
+      id continue it (one with the id of an earlier call at that index belongs to it).
+      Calls at different indexes stay apart whatever their ids (some servers give
+      parallel calls one id, `call_0`).
+
+    Other deltas keep their index, as they are."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, int] = {}
+        # The upstream's index -> the id of the latest call given at it (None: it came
+        # without one) and that call's index here; and each (upstream's index, id) seen.
+        self._by_index: dict[int, tuple[str | None, int]] = {}
+        self._by_index_and_id: dict[tuple[int, str], int] = {}
+        self._taken: set[int] = set()
         self._last: int | None = None
         self._count = 0
 
+    def _new_call(self, wanted: int | None) -> int:
+        """The index of a new call: `wanted` (the upstream's) when no call has it, else
+        the next free one."""
+        index = wanted if wanted is not None and wanted not in self._taken else self._count
+        self._taken.add(index)
+        self._count = max(self._count, index + 1)
+        return index
+
     def indexed(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """`calls` (a delta's `tool_calls`), each with an `index`: the same dicts when
-        they all have one, copies where one was given."""
+        """`calls` (a delta's `tool_calls`), each with the `index` of its call: the same
+        dicts where the upstream's index is that, copies where it is given or changed."""
         out = []
         for call in calls:
-            index = call.get("index")
-            call_id = call.get("id")
-            if not isinstance(index, int) or isinstance(index, bool):
-                if isinstance(call_id, str) and call_id in self._by_id:
+            given = call.get("index")
+            raw_id = call.get("id")
+            call_id = raw_id if isinstance(raw_id, str) and raw_id else None
+            if isinstance(given, int) and not isinstance(given, bool):
+                latest = self._by_index.get(given)
+                if call_id is not None and (given, call_id) in self._by_index_and_id:
+                    index = self._by_index_and_id[given, call_id]
+                elif latest is None or call_id is not None and latest[0] not in (None, call_id):
+                    index = self._new_call(given)
+                else:
+                    index = latest[1]
+                if call_id is not None:
+                    self._by_index_and_id.setdefault((given, call_id), index)
+                known_id = call_id or (latest[0] if latest is not None else None)
+                self._by_index[given] = (known_id, index)
+                if index != given:
+                    call = {**call, "index": index}
+            else:
+                if call_id is not None and call_id in self._by_id:
                     index = self._by_id[call_id]
                     call = _continuing(call)
-                elif (isinstance(call_id, str) and call_id) or self._last is None:
-                    index = self._count
+                elif call_id is not None or self._last is None:
+                    index = self._new_call(None)
                 else:
                     index = self._last
                     call = _continuing(call)
                 call = {**call, "index": index}
-            if isinstance(call_id, str) and call_id:
+            if call_id is not None:
                 self._by_id.setdefault(call_id, index)
             self._last = index
-            self._count = max(self._count, index + 1)
             out.append(call)
         return out
 

@@ -78,6 +78,7 @@ from switchyard.inference.translate import (
     not_one_of,
     offer_history_tools,
     parse_data_url,
+    place_system_turns,
     positive_integer,
     reasoning_field_for,
     reasoning_of,
@@ -950,12 +951,17 @@ def responses_request_to_messages(
     previous_items: list[dict[str, Any]] | None = None,
     *,
     default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
+    mid_conversation_system_messages: bool = False,
 ) -> dict[str, Any]:
     """A Responses request (and the previous conversation's items) as an Anthropic
-    Messages request. `instructions` and leading system or developer messages become
-    `system`; consecutive items of one role are merged into one turn (Anthropic requires
-    alternation), function calls become `tool_use` and their outputs `tool_result`
-    blocks. Raises TranslationError naming the parameter Messages cannot express."""
+    Messages request, with `default_max_tokens` as its `max_tokens` when the client set
+    no output limit. `instructions` and leading system or developer messages become
+    `system`; later ones are appended to it, or, with `mid_conversation_system_messages`
+    (the deployment's model takes `role: "system"` messages), stay system messages where
+    Anthropic's placement rules allow (`place_system_turns`). Consecutive items of one
+    role are merged into one turn (Anthropic requires alternation), function calls become
+    `tool_use` and their outputs `tool_result` blocks. Raises TranslationError naming the
+    parameter Messages cannot express."""
     refuse_unknown(body, _TO_MESSAGES_FIELDS, "Anthropic's Messages API")
     _common_checks(body)
     service_tier = body.get("service_tier")
@@ -988,8 +994,12 @@ def responses_request_to_messages(
                 continue
             if not turns:
                 system.append(text)
+                continue
+            waiting = deferred if pending else turns
+            if waiting and waiting[-1]["role"] == "system":
+                waiting[-1]["content"] += f"\n\n{text}"
             else:
-                (deferred if pending else turns).append({"role": "system", "content": text})
+                waiting.append({"role": "system", "content": text})
             continue
         blocks = anthropic_blocks(blocks)
         if not blocks:
@@ -1007,6 +1017,7 @@ def responses_request_to_messages(
             turns += deferred
             deferred = []
     turns += deferred
+    system += place_system_turns(turns, kept=mid_conversation_system_messages)
     unique_tool_use_ids(turns)
     for turn in turns:
         if turn["role"] == "user" and isinstance(turn["content"], list):

@@ -16,8 +16,10 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   thinking block carrying a `signature` (streamed as `thinking_delta` and
   `signature_delta`), and a thinking block sent back without its signature is refused as
   the real API does; OpenAI's `reasoning_effort` adds reasoning tokens to the usage;
-- system messages inside `messages`, system as blocks, documents (base64, text, URL
-  sources) and images inside tool results are accepted;
+- system messages inside `messages` (where Anthropic's placement rules allow them:
+  right after a user message, and last or followed by an assistant message), system as
+  blocks, documents (base64, text, URL sources) and images inside tool results are
+  accepted;
 - structured outputs: a `json_schema` format (Chat's `response_format`, what
   `chat.completions.parse` sends; Responses' `text.format`, what `responses.parse` sends;
   Anthropic's `output_config.format`, what `messages.parse` sends) makes the reply a
@@ -89,6 +91,10 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from switchyard.common import errorformat
+from switchyard.common.anthropic_request import (
+    AnthropicRequestError,
+    check_system_message_placement,
+)
 from switchyard.common.errors import APIError
 from switchyard.common.http import ClientDisconnectGuard
 from switchyard.common.output_schema import (
@@ -1240,8 +1246,11 @@ class AnthropicReply:
 
 def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     """(model, messages) of a Messages or count_tokens body, its roles checked as Anthropic
-    checks them (a `system` message is accepted, as documented above). The parameters and
-    every content block are `parameters.check`'s to judge, before this."""
+    checks them: `user` and `assistant`, and `system` (accepted, as documented above, as
+    Claude Opus 4.8 takes it) where Anthropic's placement rules for mid-conversation
+    system messages allow it, right after a user message and last or followed by an
+    assistant message (`check_system_message_placement`). The parameters and every
+    content block are `parameters.check`'s to judge, before this."""
     messages = body["messages"]
     for message in messages:
         if message["role"] not in ("user", "assistant", "system"):
@@ -1249,6 +1258,10 @@ def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]
                 f'messages: Unexpected role "{message["role"]}". Allowed roles are "user" or '
                 '"assistant"'
             )
+    try:
+        check_system_message_placement(body)
+    except AnthropicRequestError as exc:
+        raise BadRequest(str(exc)) from None
     return body["model"], messages
 
 
