@@ -160,6 +160,17 @@ def with_body(request, **fields: Any):
         ),
         (
             "claude",
+            RESPONSES,
+            {"reasoning": {"effort": "xhigh"}},
+            anthropic_refusal("output_config.effort: Input should be 'low', 'medium' or 'high'"),
+            "reasoning.effort",  # adaptive thinking's effort (`thinking_type: adaptive`)
+            "output_config.effort: Input should be 'low', 'medium' or 'high' (Here "
+            "'output_config.effort' is your 'reasoning.effort': the model's deployment "
+            "speaks Anthropic's Messages API.)",
+            None,
+        ),
+        (
+            "claude",
             "openai.chat_completions",
             {},
             anthropic_refusal("messages.0.content: Field required"),
@@ -180,6 +191,7 @@ def with_body(request, **fields: Any):
         "responses-same-named-to-chat",
         "responses-verbosity-to-chat",
         "chat-parallel-tool-calls-to-messages",
+        "responses-effort-to-messages",
         "chat-messages-path-to-messages",
     ],
 )

@@ -1236,6 +1236,78 @@ async def test_a_later_system_message_is_sent_as_the_deployment_says(
         await providers.aclose()
 
 
+@pytest.mark.parametrize("thinking_type", ["adaptive", "enabled", None])
+@pytest.mark.parametrize("api", ["openai.chat_completions", "openai.responses"])
+async def test_a_reasoning_effort_turns_thinking_on_as_the_deployment_says(
+    recorder, monkeypatch, thinking_type, api
+) -> None:
+    """Claude Opus 4.7 and later refuse `thinking.type: "enabled"`: a deployment setting
+    `thinking_type: adaptive` gets `{"type": "adaptive"}` and the effort as
+    `output_config.effort`, beside a structured output's format, its `max_tokens` the
+    client's; unset, the effort is a `budget_tokens`, as before."""
+    monkeypatch.setenv("FIDELITY_ANTHROPIC_KEY", "sk-ant-api03-SECRETSECRETSECRET")
+    options = {"thinking_type": thinking_type} if thinking_type else None
+    table = routing(recorder, claude_options=options)
+    providers = ProviderPool()
+    harness = await Harness.start(TOPICS, routing=table, providers=providers)
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    try:
+        body: dict[str, Any] = {"model": "claude"}
+        if api == "openai.chat_completions":
+            body |= {
+                "messages": [{"role": "user", "content": "hi"}],
+                "reasoning_effort": "high",
+                "max_completion_tokens": 20_000,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "r", "schema": schema, "strict": True},
+                },
+            }
+        else:
+            body |= {
+                "input": "hi",
+                "reasoning": {"effort": "high"},
+                "max_output_tokens": 20_000,
+                "text": {"format": {"type": "json_schema", "name": "r", "schema": schema}},
+            }
+        recorder.script(Scripted(json=anthropic_message(model="upstream-claude")))
+        reply = await harness.handle(chat_request(model="claude", api=api, body=body))
+        assert isinstance(reply, ChatCompleted), reply
+        sent = recorder.last.body
+        assert sent["max_tokens"] == 20_000
+        assert sent["output_config"]["format"]["type"] == "json_schema"
+        if thinking_type == "adaptive":
+            assert sent["thinking"] == {"type": "adaptive"}
+            assert sent["output_config"]["effort"] == "high"
+        else:
+            assert sent["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+            assert "effort" not in sent["output_config"]
+    finally:
+        await harness.stop()
+        await providers.aclose()
+
+
+def test_thinking_type_belongs_to_anthropic_protocol_deployments() -> None:
+    with pytest.raises(ValueError, match="'thinking_type' applies only to"):
+        Deployment(name="g", provider="openai", model="m", thinking_type="adaptive")
+    with pytest.raises(ValueError):
+        Deployment(name="c", provider="anthropic", model="m", thinking_type="disabled")
+    for provider, extra in (
+        ("anthropic", {}),
+        ("bedrock", {"region": "us-east-1"}),
+        ("vertex", {"region": "us-east5", "project_id": "p"}),
+    ):
+        deployment = Deployment(
+            name="c", provider=provider, model="m", thinking_type="adaptive", **extra
+        )
+        assert deployment.thinking_type == "adaptive"
+
+
 def test_mid_conversation_system_messages_belongs_to_anthropics_own_api() -> None:
     """Only Anthropic's API takes system messages inside `messages`: every other kind,
     Bedrock and Vertex AI among them, refuses the setting (even `false`)."""

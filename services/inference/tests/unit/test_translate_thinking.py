@@ -273,3 +273,45 @@ def test_an_anthropic_client_gets_anthropics_refusal_of_thinking_beside_them(fie
         messages_request_to_chat({**body, "thinking": {"type": "enabled", "budget_tokens": 2048}})
     assert caught.value.param == path
     assert caught.value.message.startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("effort", "anthropic_effort"),
+    [
+        ("minimal", "low"),
+        ("low", "low"),
+        ("medium", "medium"),
+        ("high", "high"),
+        ("xhigh", "xhigh"),
+    ],
+)
+def test_adaptive_thinking_carries_the_effort_as_anthropics(effort, anthropic_effort) -> None:
+    via_chat = chat_request_to_messages(
+        chat(reasoning_effort=effort, max_tokens=300), thinking_type="adaptive"
+    )
+    via_responses = responses_request_to_messages(
+        responses(reasoning={"effort": effort}, max_output_tokens=300), thinking_type="adaptive"
+    )
+    for sent in (via_chat, via_responses):
+        assert sent["thinking"] == {"type": "adaptive"}
+        assert sent["output_config"] == {"effort": anthropic_effort}
+        # The model decides within the client's cap: no budget to fit, none left out.
+        assert sent["max_tokens"] == 300
+
+
+def test_adaptive_thinking_keeps_the_rules_of_thinking() -> None:
+    assert "thinking" not in chat_request_to_messages(
+        chat(reasoning_effort="none"), thinking_type="adaptive"
+    )
+    forced = chat(
+        reasoning_effort="high",
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        tool_choice="required",
+    )
+    with pytest.raises(TranslationError) as refused:
+        chat_request_to_messages(forced, thinking_type="adaptive")
+    assert refused.value.param == "tool_choice"
+    # A turn in progress not opening with thinking goes without (Anthropic refuses it).
+    prefill = chat(reasoning_effort="high")
+    prefill["messages"].append({"role": "assistant", "content": "Sure,"})
+    assert "thinking" not in chat_request_to_messages(prefill, thinking_type="adaptive")

@@ -132,6 +132,10 @@ _KIND_FIELDS: dict[str, frozenset[str]] = {
     "default_max_tokens": frozenset(
         kind for kind, protocol in PROVIDER_PROTOCOLS.items() if protocol == "anthropic"
     ),
+    # How OpenAI clients' reasoning efforts are sent to the Anthropic protocol.
+    "thinking_type": frozenset(
+        kind for kind, protocol in PROVIDER_PROTOCOLS.items() if protocol == "anthropic"
+    ),
     # How OpenAI clients' later system messages are sent to Anthropic's own API (Bedrock
     # and Vertex AI take none inside `messages`).
     "mid_conversation_system_messages": frozenset({"anthropic"}),
@@ -243,6 +247,17 @@ class Deployment(_Strict):
         "Completions or Responses request that set no output limit (the Messages API "
         "requires one): the model's own output limit, say. Unset: "
         "SWITCHYARD_INFERENCE_ANTHROPIC_DEFAULT_MAX_TOKENS (4096).",
+    )
+    thinking_type: Literal["enabled", "adaptive"] | None = Field(
+        default=None,
+        description="Anthropic-protocol deployments: how an OpenAI client's reasoning "
+        "effort (Chat Completions' `reasoning_effort`, the Responses API's "
+        '`reasoning.effort`) turns thinking on. `enabled`: `thinking: {"type": '
+        '"enabled", "budget_tokens": N}`, N by the effort (every Claude model with '
+        "extended thinking before Claude Opus 4.7; deprecated on Opus 4.6 and Sonnet 4.6). "
+        '`adaptive`: `thinking: {"type": "adaptive"}` and `output_config.effort` (Claude '
+        "Opus 4.6, Sonnet 4.6, and the only way of Opus 4.7 and later, which refuse "
+        "`enabled`). Unset: `enabled`.",
     )
     mid_conversation_system_messages: bool = Field(
         default=False,

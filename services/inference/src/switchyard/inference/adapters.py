@@ -630,6 +630,7 @@ class ChatViaMessages(ChatPassThrough):
             body,
             default_max_tokens=deployment.default_max_tokens or self.default_max_tokens,
             mid_conversation_system_messages=deployment.mid_conversation_system_messages,
+            thinking_type=deployment.thinking_type or "enabled",
         )
         payload["model"] = deployment.model
         if stream:
@@ -929,6 +930,7 @@ class InputTokensViaMessages(InputTokensPassThrough):
             body,
             self.previous_items,
             mid_conversation_system_messages=deployment.mid_conversation_system_messages,
+            thinking_type=deployment.thinking_type or "enabled",
         )
         payload = {name: message[name] for name in _COUNT_TOKENS_FIELDS if name in message}
         payload["model"] = deployment.model
@@ -1213,6 +1215,7 @@ class ResponsesViaMessages(ResponsesPassThrough):
             self.previous_items,
             default_max_tokens=deployment.default_max_tokens or self.default_max_tokens,
             mid_conversation_system_messages=deployment.mid_conversation_system_messages,
+            thinking_type=deployment.thinking_type or "enabled",
         )
         payload["model"] = deployment.model
         if stream:

@@ -53,6 +53,7 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
         "max_tokens": "max_completion_tokens",
         "stop_sequences": "stop",
         "output_config.format": "response_format",
+        "output_config.effort": "reasoning_effort",
         "thinking": "reasoning_effort",
         "metadata.user_id": "user",
         "tool_choice.disable_parallel_tool_use": "parallel_tool_calls",
@@ -60,6 +61,7 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
     (_RESPONSES, _MESSAGES): {
         "max_tokens": "max_output_tokens",
         "output_config.format": "text.format",
+        "output_config.effort": "reasoning.effort",
         "thinking": "reasoning.effort",
         "metadata.user_id": "user",
         "tool_choice.disable_parallel_tool_use": "parallel_tool_calls",

@@ -34,7 +34,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import jiter
 import orjson
@@ -1366,6 +1366,20 @@ _CHAT_NO_OPS: dict[str, tuple[Any, ...]] = {
     "service_tier": ("auto", "default"),
 }
 _BUDGET_BY_EFFORT = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+# An OpenAI reasoning effort as Anthropic's `output_config.effort`, for adaptive thinking
+# (Anthropic has no `minimal`: its least is `low`).
+ANTHROPIC_EFFORT_BY_EFFORT = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+}
+# How a deployment's model takes thinking (`Deployment.thinking_type`): `enabled` with a
+# `budget_tokens` (every Claude model with extended thinking until Claude Opus 4.6 and
+# Sonnet 4.6, which deprecate it), or `adaptive` with an `output_config.effort` (those
+# two, and the only way of Claude Opus 4.7 and later).
+ThinkingType = Literal["enabled", "adaptive"]
 
 
 def chat_request_to_messages(
@@ -1373,9 +1387,11 @@ def chat_request_to_messages(
     *,
     default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
     mid_conversation_system_messages: bool = False,
+    thinking_type: ThinkingType = "enabled",
 ) -> dict[str, Any]:
     """An OpenAI Chat Completions request as an Anthropic Messages request, with
-    `default_max_tokens` as its `max_tokens` when the client set no output limit.
+    `default_max_tokens` as its `max_tokens` when the client set no output limit, and
+    `reasoning_effort` as thinking of `thinking_type` (`add_anthropic_thinking`).
 
     Leading system and developer messages become the top-level `system` blocks; later
     ones are appended to them, or, with `mid_conversation_system_messages` (the
@@ -1389,7 +1405,9 @@ def chat_request_to_messages(
     refuses in a field the translation renames or reshapes (a `max_tokens` below 1, a
     user message without `content`...)."""
     try:
-        return _chat_request_to_messages(body, default_max_tokens, mid_conversation_system_messages)
+        return _chat_request_to_messages(
+            body, default_max_tokens, mid_conversation_system_messages, thinking_type
+        )
     except TranslationError as exc:
         if exc.param is not None:
             exc.param = chat_param(exc.param)
@@ -1438,7 +1456,10 @@ def check_tool_messages(messages: list[dict[str, Any]]) -> None:
 
 
 def _chat_request_to_messages(
-    body: dict[str, Any], default_max_tokens: int, mid_conversation_system_messages: bool
+    body: dict[str, Any],
+    default_max_tokens: int,
+    mid_conversation_system_messages: bool,
+    thinking_type: ThinkingType,
 ) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
@@ -1634,7 +1655,14 @@ def _chat_request_to_messages(
                 "reasoning_effort", effort, ("none", "minimal", "low", "medium", "high", "xhigh")
             )
         capped = max_completion_tokens is not None or max_tokens is not None
-        add_anthropic_thinking(result, budget, capped=capped, effort_param="reasoning_effort")
+        add_anthropic_thinking(
+            result,
+            budget,
+            capped=capped,
+            effort_param="reasoning_effort",
+            effort=effort,
+            thinking_type=thinking_type,
+        )
     return result
 
 
@@ -2053,12 +2081,22 @@ _MIN_REPLY_TOKENS = 1024
 
 
 def add_anthropic_thinking(
-    result: dict[str, Any], budget: int, *, capped: bool, effort_param: str
+    result: dict[str, Any],
+    budget: int,
+    *,
+    capped: bool,
+    effort_param: str,
+    effort: str = "medium",
+    thinking_type: ThinkingType = "enabled",
 ) -> None:
-    """Turn on thinking with `budget` tokens (an OpenAI reasoning effort's) in the Anthropic
-    request `result`, whose `max_tokens` is already set: the client's output cap when
-    `capped` (Chat Completions' `max_completion_tokens` or `max_tokens`, the Responses
-    API's `max_output_tokens`), else the deployment's default.
+    """Turn on thinking for the OpenAI reasoning `effort` in the Anthropic request
+    `result`, whose `max_tokens` is already set: the client's output cap when `capped`
+    (Chat Completions' `max_completion_tokens` or `max_tokens`, the Responses API's
+    `max_output_tokens`), else the deployment's default. With `thinking_type` `adaptive`
+    (models that take only that: Claude Opus 4.7 and later), it is
+    `{"type": "adaptive"}` and `output_config.effort` (`ANTHROPIC_EFFORT_BY_EFFORT`):
+    the model decides how much to think within `max_tokens`, which is kept. With
+    `enabled`, it is `budget` tokens (the effort's), as follows.
 
     OpenAI's caps count reasoning tokens too, so a capped request keeps its `max_tokens`
     and the budget is cut to fit inside it (Anthropic wants `budget_tokens` at least 1024
@@ -2079,6 +2117,13 @@ def add_anthropic_thinking(
     `effort_param` names the client's effort field in the message."""
     if not _current_turn_opens_with_thinking(result["messages"]):
         return
+    if thinking_type == "adaptive":
+        _refuse_thinking_conflict(result, effort_param)
+        result["thinking"] = {"type": "adaptive"}
+        output_config = dict(result.get("output_config") or {})
+        output_config["effort"] = ANTHROPIC_EFFORT_BY_EFFORT.get(effort, "medium")
+        result["output_config"] = output_config
+        return
     max_tokens = result["max_tokens"]
     if capped:
         budget = min(budget, max_tokens - _MIN_REPLY_TOKENS)
@@ -2086,6 +2131,13 @@ def add_anthropic_thinking(
             return
     elif max_tokens <= budget:
         result["max_tokens"] = budget + max_tokens
+    _refuse_thinking_conflict(result, effort_param)
+    result["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+def _refuse_thinking_conflict(result: dict[str, Any], effort_param: str) -> None:
+    """Raise TranslationError naming the field of the Anthropic request `result` that
+    Anthropic refuses beside thinking (`_thinking_conflict`), if any."""
     conflict = _thinking_conflict(result)
     if conflict is not None:
         name, what = conflict
@@ -2094,7 +2146,6 @@ def add_anthropic_thinking(
             "deployment speaks Anthropic's Messages API, which refuses it with thinking on.",
             name,
         )
-    result["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
 def _thinking_conflict(request: dict[str, Any]) -> tuple[str, str] | None:

@@ -54,6 +54,7 @@ from switchyard.inference.translate import (
     OPENAI_SERVICE_TIERS,
     REASONING_FIELDS,
     PendingCall,
+    ThinkingType,
     ToolCallIndexes,
     TranslationError,
     add_anthropic_sampling,
@@ -952,10 +953,12 @@ def responses_request_to_messages(
     *,
     default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
     mid_conversation_system_messages: bool = False,
+    thinking_type: ThinkingType = "enabled",
 ) -> dict[str, Any]:
     """A Responses request (and the previous conversation's items) as an Anthropic
     Messages request, with `default_max_tokens` as its `max_tokens` when the client set
-    no output limit. `instructions` and leading system or developer messages become
+    no output limit, and `reasoning.effort` as thinking of `thinking_type`
+    (`add_anthropic_thinking`). `instructions` and leading system or developer messages become
     `system`; later ones are appended to it, or, with `mid_conversation_system_messages`
     (the deployment's model takes `role: "system"` messages), stay system messages where
     Anthropic's placement rules allow (`place_system_turns`). Consecutive items of one
@@ -1078,6 +1081,8 @@ def responses_request_to_messages(
             _EFFORT_BUDGETS[effort],
             capped=max_tokens is not None,
             effort_param="reasoning.effort",
+            effort=effort,
+            thinking_type=thinking_type,
         )
     if body.get("stream"):
         result["stream"] = True
