@@ -31,6 +31,7 @@ from switchyard.common.events import (
     UserStatusData,
     new_id,
 )
+from switchyard.common.testing.infra import async_ready
 from switchyard.gateway.config import Settings
 from switchyard.gateway.revocations import SNAPSHOT_SKEW_S, RevocationState
 
@@ -542,7 +543,7 @@ async def test_the_snapshot_asks_only_for_keys_revoked_within_the_retention() ->
     )
     before = datetime.now(UTC)
     async with gateway_with(auth, settings) as gw:
-        assert (await gw.client.get("/readyz")).status_code == 200
+        await async_ready(lambda: gw.client.get("/readyz"))
     since = datetime.fromisoformat(auth.snapshot_queries[-1]["api_keys_revoked_since"])
     # TTL, stale-if-error, the lookup's timeout, slack and the clock-skew allowance.
     expected = before - timedelta(seconds=30 + 600 + 2 + 60 + SNAPSHOT_SKEW_S)

@@ -15,6 +15,7 @@ import pytest
 
 from switchyard.common.db import upgrade
 from switchyard.common.testing.events import usage_recorded
+from switchyard.common.testing.infra import async_ready
 from switchyard.gateway.config import Settings
 from switchyard.gateway.governance import ledger_checks
 from switchyard.gateway.governance.admission import Admission, Refused
@@ -228,8 +229,7 @@ async def test_readiness_fails_while_the_ledger_database_is_not_migrated(
         # on the gateway's own loop, a ledger connection holding the file's lock could
         # not finish while the migration waited for it ("database is locked").
         await asyncio.to_thread(upgrade, str(MIGRATIONS_DIR), url, VERSION_TABLE)
-        ready = await gw.client.get("/readyz")
-        assert ready.status_code == 200, ready.text
+        ready = await async_ready(lambda: gw.client.get("/readyz"))
         assert ready.json()["checks"]["limit_store"] is True
         admission = gw.app.state.gateway.admission
         admission.ledger = _StoreDown.connect(url)

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -147,3 +147,43 @@ async def async_wait_until(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}"
     )
+
+
+# A readiness probe's checks are each bounded (`switchyard.common.http`, 2 s): on a loaded
+# machine one probe may fail for that moment, as a replica should. A test expecting a
+# ready service asks again within this many seconds before it concludes otherwise.
+READY_WITHIN_S = 20.0
+
+
+def ready(probe: Callable[[], Any], *, timeout: float = READY_WITHIN_S) -> Any:
+    """The first answer of `probe()` (a `GET /readyz` of a test client) that is a 200,
+    asked every 0.1 s; AssertionError naming the last answer's checks after `timeout`
+    seconds."""
+    answers: list[Any] = []
+
+    def answered() -> bool:
+        answers.append(probe())
+        return bool(answers[-1].status_code == 200)
+
+    try:
+        wait_until(answered, timeout=timeout, message="a ready service")
+    except AssertionError:
+        raise AssertionError(f"never ready: {answers[-1].text if answers else None}") from None
+    return answers[-1]
+
+
+async def async_ready(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float = READY_WITHIN_S
+) -> Any:
+    """`ready` for an async test client: the first 200 answer of `await probe()`."""
+    answers: list[Any] = []
+
+    async def answered() -> bool:
+        answers.append(await probe())
+        return bool(answers[-1].status_code == 200)
+
+    try:
+        await async_wait_until(answered, timeout=timeout, message="a ready service")
+    except AssertionError:
+        raise AssertionError(f"never ready: {answers[-1].text if answers else None}") from None
+    return answers[-1]
