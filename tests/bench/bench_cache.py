@@ -109,7 +109,9 @@ def main() -> None:
             direct_url = f"{simulator_url}/v1/chat/completions"
             direct = load(loadgen, direct_url, body, concurrency=1, seconds=args.seconds)
             rows.append(("direct (simulator)", direct))
-            deployment.group.cli("tenant-settings", "set", "--tenant", "bench", "--cache")
+            deployment.group.cli(
+                "tenant-settings", "set", "--tenant", "bench", "--new-tenant", "--cache"
+            )
             deployment.start_services()
             gateway, key = deployment.gateway, deployment.key
             url = f"{gateway}/v1/chat/completions"

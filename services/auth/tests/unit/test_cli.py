@@ -34,7 +34,10 @@ def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     return invoke
 
 
-def test_create_user_with_a_prompted_password_that_then_signs_in(cli, run_with_service) -> None:
+def test_create_user_with_a_prompted_password_that_then_signs_in(
+    cli, run_with_service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("switchyard.auth.cli._has_terminal", lambda: True)
     result = cli(
         "users",
         "create",
@@ -54,7 +57,10 @@ def test_create_user_with_a_prompted_password_that_then_signs_in(cli, run_with_s
     assert (user.role, user.tenant) == ("admin", "default")
 
 
-def test_an_operator_sets_a_users_password_and_their_sign_ins_end(cli, run_with_service) -> None:
+def test_an_operator_sets_a_users_password_and_their_sign_ins_end(
+    cli, run_with_service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("switchyard.auth.cli._has_terminal", lambda: True)
     cli("users", "create", "--email", "ops@example.com", "--password-stdin", input="old-pass\n")
 
     async def signed_in(service: AuthService):
@@ -78,17 +84,29 @@ def test_an_operator_sets_a_users_password_and_their_sign_ins_end(cli, run_with_
 
     assert run_with_service(after).email == "ops@example.com"
     piped = cli(
-        "users", "set-password", "--email", "ops@example.com", "--password-stdin", input="x\n"
+        "users",
+        "set-password",
+        "--email",
+        "ops@example.com",
+        "--password-stdin",
+        input="piped-pass\n",
     )
     assert piped.exit_code == 0, piped.output
+    assert run_with_service(lambda s: s.authenticate("ops@example.com", "piped-pass"))
     empty = cli(
         "users", "set-password", "--email", "ops@example.com", "--password-stdin", input="\n"
     )
-    assert empty.exit_code == 1 and "must not be empty" in empty.output
-    ghost = cli("users", "set-password", "--email", "ghost@example.com", "--password", "abc")
+    assert empty.exit_code == 1 and "this one has 0" in empty.output
+    ghost = cli("users", "set-password", "--email", "ghost@example.com", "--password", "abcd1234")
     assert ghost.exit_code == 1 and "No user with email" in ghost.output
     both = cli(
-        "users", "set-password", "--email", "ops@example.com", "--password", "a", "--password-stdin"
+        "users",
+        "set-password",
+        "--email",
+        "ops@example.com",
+        "--password",
+        "a-long-password",
+        "--password-stdin",
     )
     assert both.exit_code == 1 and "only one of" in both.output
 
@@ -96,7 +114,7 @@ def test_an_operator_sets_a_users_password_and_their_sign_ins_end(cli, run_with_
 def test_duplicate_email_and_unknown_user_fail_cleanly(cli) -> None:
     assert (
         cli(
-            "users", "create", "--email", "a@example.com", "--password-stdin", input="pw\n"
+            "users", "create", "--email", "a@example.com", "--password-stdin", input="password\n"
         ).exit_code
         == 0
     )

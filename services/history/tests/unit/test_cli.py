@@ -98,7 +98,14 @@ def test_purge_older_than_and_dry_run(cli, history, tables):
 
 def test_tenant_settings_set_and_show(cli, database_url):
     result = cli(
-        tenant_settings_app, "set", "--tenant", "acme", "--metadata-only", "--retention-days", "30"
+        tenant_settings_app,
+        "set",
+        "--tenant",
+        "acme",
+        "--new-tenant",
+        "--metadata-only",
+        "--retention-days",
+        "30",
     )
     shown = json.loads(cli(tenant_settings_app, "show", "--tenant", "acme").output)
 
@@ -121,7 +128,7 @@ def test_tenant_settings_set_and_show(cli, database_url):
 
 
 def test_contradictory_retention_options_exit_1_and_change_nothing(cli, database_url):
-    cli(tenant_settings_app, "set", "--tenant", "acme", "--retention-days", "30")
+    cli(tenant_settings_app, "set", "--tenant", "acme", "--new-tenant", "--retention-days", "30")
     result = cli(
         tenant_settings_app,
         "set",

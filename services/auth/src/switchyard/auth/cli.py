@@ -20,7 +20,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
 
 import typer
 from sqlalchemy import func, make_url, select
@@ -34,6 +34,7 @@ from switchyard.auth.governance import (
     CACHE_FIELDS,
     MAX_CACHE_TTL_S,
     Governance,
+    TeamNotEmpty,
     TeamNotFound,
     limits_of,
 )
@@ -42,7 +43,9 @@ from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.service import (
     AuthError,
     AuthService,
+    DuplicateEmail,
     InvalidInput,
+    UserNotFound,
     check_tenant,
     expiry_in_days,
     normalise_email,
@@ -88,10 +91,21 @@ ClearOption = Annotated[
         "--clear",
         help="Remove a limit: rpm_limit, tpm_limit, max_budget_usd (and its period), "
         "budget_period, max_parallel_requests (repeatable); for teams and keys also "
-        "cache_enabled, cache_ttl_s (then the level above decides).",
+        "cache_enabled, cache_ttl_s (then the level above decides) and allowed_models "
+        "(then any model: for a key, any its team allows).",
     ),
 ]
 _CLEARABLE = ("rpm_limit", "tpm_limit", "max_budget_usd", "max_parallel_requests", "budget_period")
+# What `--clear` takes on `teams update` and `keys update` beyond the limits.
+_CLEARABLE_SETTINGS = (*CACHE_FIELDS, "allowed_models")
+UpdateModelsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--allowed-models",
+        help="Comma-separated models it may call from now on, replacing its list "
+        "(--clear allowed_models removes the list).",
+    ),
+]
 CacheOption = Annotated[
     bool | None,
     typer.Option(
@@ -127,6 +141,37 @@ def _cache_options(
         else:
             rest.append(name)
     return patch, rest
+
+
+def _models_option(
+    allowed_models: str | None, clear: list[str]
+) -> tuple[list[str] | None | Literal[False], list[str]]:
+    """The model list `--allowed-models` or `--clear allowed_models` asks for (False when
+    neither: unchanged; None: the list removed), and the `--clear` names left for
+    `_limit_options`. Raises typer.Exit for an empty list or entry, or both options."""
+    models: list[str] | None | Literal[False] = False
+    if allowed_models is not None:
+        models = _split(
+            allowed_models,
+            "--allowed-models",
+            empty="--clear allowed_models removes the list",
+        )
+    rest = []
+    for name in clear:
+        if name == "allowed_models":
+            if allowed_models is not None:
+                raise _fail("--clear allowed_models contradicts the --allowed-models given")
+            models = None
+        else:
+            rest.append(name)
+    return models, rest
+
+
+def _describe_models(row: Any, unlisted: str) -> str:
+    """The models of a team or key as its update prints them; `unlisted` says what a row
+    without a list may call."""
+    models = row.allowed_models
+    return f"models {', '.join(safe(m) for m in models)}" if models is not None else unlisted
 
 
 def _describe_cache(row: Any) -> str:
@@ -205,15 +250,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _split(value: str | None, option: str) -> list[str] | None:
+def _split(
+    value: str | None, option: str, *, empty: str = "leave the option out for the default"
+) -> list[str] | None:
     """A comma-separated list option (None when not given). An empty value or entry is
     refused, as the API refuses it: an empty list would make a credential that can call
-    nothing, and a dropped entry one other than the operator typed."""
+    nothing, and a dropped entry one other than the operator typed. `empty` says, in the
+    refusal of an empty value, what to do instead."""
     if value is None:
         return None
     parts = [part.strip() for part in value.split(",")]
     if parts == [""]:
-        raise _fail(f"{option} must not be empty (leave the option out for the default)")
+        raise _fail(f"{option} must not be empty ({empty})")
     if "" in parts:
         raise _fail(f"{option} has an empty entry in {value!r}")
     return parts
@@ -286,8 +334,43 @@ async def _publish_written_events(service: AuthService, before: int) -> None:
         )
 
 
-def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: bool = False) -> T:
-    """Run `action` against the configured database, turning expected failures into exit 1."""
+# The option of each field the service names in its refusals (`param`) where the two are
+# spelt otherwise, so that the error names what the operator typed.
+_OPTION_OF_FIELD = {
+    "rpm_limit": "--rpm-limit",
+    "tpm_limit": "--tpm-limit",
+    "max_budget_usd": "--max-budget-usd",
+    "budget_period": "--budget-period",
+    "max_parallel_requests": "--max-parallel",
+    "rate_limit_failure_mode": "--rate-limits-when-store-down",
+    "budget_failure_mode": "--budgets-when-store-down",
+    "expires_in_days": "--expires-in-days",
+    "expires_at": "--expires-in-days",
+    "allowed_models": "--allowed-models",
+    "cache_enabled": "--cache/--no-cache",
+    "cache_ttl_s": "--cache-ttl",
+    "team_id": "--team",
+}
+
+
+def _in_option_terms(exc: AuthError) -> str:
+    """The message of `exc` for the command line: led by the option it concerns when the
+    service named the field (`param`) as the API spells it (`'rpm_limit'` is set with
+    `--rpm-limit`)."""
+    message = str(exc)
+    option = _OPTION_OF_FIELD.get(getattr(exc, "param", None) or "")
+    if option is None or option in message:
+        return message
+    return f"{option}: {message}"
+
+
+def run_with_service(
+    action: Callable[[AuthService], Awaitable[T]], *, signing: bool = False, note: bool = True
+) -> T:
+    """Run `action` against the configured database and return its result. Expected
+    failures (settings, a missing or unmigrated database, an AuthError) raise typer.Exit
+    after one line on stderr. `note`: print the note saying which database is acted on
+    when it may not be the one meant (False for a command's second run, already noted)."""
     try:
         database_url = DatabaseSettings().database_url
     except ValueError as exc:
@@ -296,8 +379,8 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
     missing = missing_database("auth", database_url)
     if missing is not None:
         raise _fail(missing)
-    if (note := other_database_note("auth", database_url)) is not None:
-        typer.echo(note, err=True)
+    if note and (message := other_database_note("auth", database_url)) is not None:
+        typer.echo(message, err=True)
     tokens = None
     if signing:
         try:
@@ -324,7 +407,7 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
     try:
         return asyncio.run(run())
     except AuthError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(_in_option_terms(exc)) from None
     except (OperationalError, ProgrammingError) as exc:
         # Most often: the tables do not exist yet, or the database is unreachable.
         reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
@@ -333,27 +416,97 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
         ) from None
 
 
+# The admin API's rule for the passwords it sets (`POST /v1/admin/users`, `/password`):
+# the commands keep it too, so that no account gets a password the API would refuse.
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+PASSWORD_HELP = (
+    f"Password, {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters (visible in shell "
+    "history; prefer the prompt or --password-stdin)."
+)
+
+
+def _password_problem(password: str) -> str | None:
+    """Why `password` breaks the rule of 8 to 1024 characters, without quoting it; None
+    when it keeps it."""
+    if MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+        return None
+    return (
+        f"a password must have {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters; "
+        f"this one has {len(password)}"
+    )
+
+
+def _checked_password(password: str) -> str:
+    """`password` when it keeps the rule. Raises typer.Exit (one line, status 1) otherwise."""
+    if (problem := _password_problem(password)) is not None:
+        raise _fail(problem)
+    return password
+
+
+def _has_terminal() -> bool:
+    """Whether standard input is a terminal, where a password can be asked for without
+    being echoed."""
+    return sys.stdin.isatty()
+
+
+def _given_password(password: str | None, password_stdin: bool) -> str | None:
+    """The password given as `--password`, or read as one line of standard input with
+    `--password-stdin`, checked against the rule (typer.Exit otherwise); None when
+    neither was given (then it is asked for)."""
+    if password_stdin:
+        return _checked_password(sys.stdin.readline().rstrip("\r\n"))
+    if password is not None:
+        return _checked_password(password)
+    return None
+
+
+def _prompt_password(label: str) -> str:
+    """A password typed twice at the terminal; one that breaks the rule is refused at
+    once, saying why, and asked for again, as are two entries that differ. Raises
+    typer.Abort on end of input or Ctrl+C."""
+    while True:
+        password = cast(str, typer.prompt(label, hide_input=True))
+        if (problem := _password_problem(password)) is not None:
+            typer.echo(f"{problem}; try again", err=True)
+            continue
+        if typer.prompt("Repeat for confirmation", hide_input=True) == password:
+            return password
+        typer.echo("the two entries differ; try again", err=True)
+
+
+async def _email_free(service: AuthService, email: str) -> None:
+    """Raise DuplicateEmail when an account already signs in with `email` (the creation
+    still refuses one made meanwhile)."""
+    try:
+        user = await service.user_by_email(email)
+    except UserNotFound:
+        return
+    raise DuplicateEmail(f"A user with email {user.email} already exists.")
+
+
 @users_app.command("create")
 def create_user(
     email: Annotated[str, typer.Option(help="The user's email (their login name).")],
     tenant: Annotated[str, typer.Option(help="Tenant the user belongs to.")] = "default",
     role: Annotated[str, typer.Option(help="member or admin.")] = "member",
-    password: Annotated[
-        str | None, typer.Option(help="Password (visible in shell history; prefer the prompt).")
-    ] = None,
+    password: Annotated[str | None, typer.Option(help=PASSWORD_HELP)] = None,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from standard input (its first line)."
+        ),
     ] = False,
     no_password: Annotated[
         bool, typer.Option("--no-password", help="A user who signs in only with API keys.")
     ] = False,
 ) -> None:
-    """Create a user."""
+    """Create a user. Without --password, --password-stdin or --no-password the password is
+    asked for on the terminal (twice)."""
     if sum((password is not None, password_stdin, no_password)) > 1:
         raise _fail("use only one of --password, --password-stdin and --no-password")
     # What can be judged without the database is judged before the password is asked
-    # for: a typo must not cost the operator a prompt (an email already taken is known
-    # only once the user is created).
+    # for: a typo must not cost the operator a prompt.
     if role not in ROLES:
         raise _fail(f"--role must be one of: {', '.join(ROLES)} (got {role!r})")
     try:
@@ -361,15 +514,27 @@ def create_user(
         check_tenant(tenant)
     except AuthError as exc:
         raise _fail(str(exc)) from None
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif password is None and not no_password:
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _given_password(password, password_stdin)
+    noted = False
+    if password is None and not no_password:
+        if not _has_terminal():
+            # getpass would read the password from a pipe, echoing it, after a warning.
+            raise _fail(
+                "standard input is not a terminal, so the password cannot be asked for: "
+                "pipe it in with --password-stdin, or create the user with --no-password"
+            )
+        # An email already taken is known before the operator types a password twice.
+        run_with_service(lambda service: _email_free(service, email))
+        noted = True
+        password = _prompt_password("Password")
+    new_password = password
 
     async def create(service: AuthService) -> Any:
-        return await service.create_user(email=email, tenant=tenant, role=role, password=password)
+        return await service.create_user(
+            email=email, tenant=tenant, role=role, password=new_password
+        )
 
-    user = run_with_service(create)
+    user = run_with_service(create, note=not noted)
     typer.echo(
         f"Created user {safe(user.email)} (id {user.id}, tenant {safe(user.tenant)}, "
         f"role {user.role})."
@@ -384,9 +549,12 @@ def list_users(
     """List users (never their password hashes)."""
 
     async def list_all(service: AuthService) -> Any:
-        return await service.list_users(tenant)
+        users = await service.list_users(tenant)
+        exists = bool(users) or tenant is None or await _tenant_exists(service, tenant)
+        return users, exists
 
-    users = run_with_service(list_all)
+    users, exists = run_with_service(list_all)
+    _note_unknown_tenant(tenant, exists)
     if as_json:
         for user in users:
             fields = {
@@ -423,28 +591,39 @@ def _set_disabled(email: str, disabled: bool) -> None:
 @users_app.command("set-password")
 def set_password(
     email: Annotated[str, typer.Option(help="Email of the user.")],
-    password: Annotated[
-        str | None, typer.Option(help="Password (visible in shell history; prefer the prompt).")
-    ] = None,
+    password: Annotated[str | None, typer.Option(help=PASSWORD_HELP)] = None,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from standard input (its first line)."
+        ),
     ] = False,
 ) -> None:
     """Set a user's password (a forgotten or leaked one): every sign-in of theirs ends; their
-    API keys stay valid."""
+    API keys stay valid. Without --password or --password-stdin it is asked for on the
+    terminal (twice)."""
     if password is not None and password_stdin:
         raise _fail("use only one of --password and --password-stdin")
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif password is None:
-        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    password = _given_password(password, password_stdin)
+    noted = False
+    if password is None:
+        if not _has_terminal():
+            # getpass would read the password from a pipe, echoing it, after a warning.
+            raise _fail(
+                "standard input is not a terminal, so the new password cannot be asked "
+                "for: pipe it in with --password-stdin (or give it with --password)"
+            )
+        # An unknown email is known before the operator types a password twice.
+        run_with_service(lambda service: service.user_by_email(email))
+        noted = True
+        password = _prompt_password("New password")
     new_password = password
 
     async def change(service: AuthService) -> Any:
         user = await service.user_by_email(email)
         return await service.set_password(user.id, new_password)
 
-    user = run_with_service(change)
+    user = run_with_service(change, note=not noted)
     typer.echo(f"Set the password of {safe(user.email)} (id {user.id}); their sign-ins ended.")
 
 
@@ -538,11 +717,15 @@ def list_keys(
 
     async def list_all(service: AuthService) -> Any:
         user_id = (await service.user_by_email(email)).id if email else None
-        return await service.list_api_keys(tenant=tenant, user_id=user_id)
+        keys = await service.list_api_keys(tenant=tenant, user_id=user_id)
+        exists = bool(keys) or tenant is None or await _tenant_exists(service, tenant)
+        return keys, exists
 
+    keys, exists = run_with_service(list_all)
+    _note_unknown_tenant(tenant, exists)
     now = datetime.now(UTC)
     rows = []
-    for key in run_with_service(list_all):
+    for key in keys:
         if key.revoked_at is not None:
             state = "revoked"
         elif key.expires_at is not None and key.expires_at <= now:
@@ -592,19 +775,32 @@ def update_key(
     clear: ClearOption = None,
     cache: CacheOption = None,
     cache_ttl: CacheTtlOption = None,
+    allowed_models: UpdateModelsOption = None,
 ) -> None:
-    """Change a key's budget and rate limits and its response cache opt-in; every gateway
-    applies them within a second."""
+    """Change a key's budget and rate limits, its allowed models and its response cache
+    opt-in; every gateway applies them within a second."""
     cache_patch, clear = _cache_options(cache, cache_ttl, clear)
+    models, clear = _models_option(allowed_models, clear)
     limits = _limit_options(
-        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear, CACHE_FIELDS
+        rpm_limit,
+        tpm_limit,
+        max_budget_usd,
+        budget_period,
+        max_parallel,
+        clear,
+        _CLEARABLE_SETTINGS,
     )
 
     async def update(service: AuthService) -> Any:
-        return await Governance(service).update_api_key(key_id, limits=limits, cache=cache_patch)
+        return await Governance(service).update_api_key(
+            key_id, limits=limits, cache=cache_patch, allowed_models=models
+        )
 
     record = run_with_service(update)
-    typer.echo(f"Updated API key {record.id}: {_describe(record)}; {_describe_cache(record)}.")
+    typer.echo(
+        f"Updated API key {record.id}: {_describe(record)}; "
+        f"{_describe_models(record, 'any model its team allows')}; {_describe_cache(record)}."
+    )
 
 
 @tokens_app.command("create")
@@ -728,9 +924,12 @@ def list_teams(
     """List teams and their limits."""
 
     async def list_all(service: AuthService) -> Any:
-        return await Governance(service).list_teams(tenant)
+        teams = await Governance(service).list_teams(tenant)
+        exists = bool(teams) or tenant is None or await _tenant_exists(service, tenant)
+        return teams, exists
 
-    teams = run_with_service(list_all)
+    teams, exists = run_with_service(list_all)
+    _note_unknown_tenant(tenant, exists)
     if as_json:
         for team in teams:
             typer.echo(json.dumps(_team_fields(team)))
@@ -751,16 +950,32 @@ TeamTenantOption = Annotated[
 ]
 
 
+def _unknown_tenant(tenant: str) -> str:
+    """What every command says of a tenant no user or team is in."""
+    return (
+        f"No user or team is in tenant {tenant!r} (a typo?); a tenant begins with its "
+        f"first user: `switchyard users create --tenant {tenant} --email ...`."
+    )
+
+
+async def _tenant_exists(service: AuthService, tenant: str) -> bool:
+    """Whether a user or a team is in `tenant`."""
+    return bool(await service.list_users(tenant) or await Governance(service).list_teams(tenant))
+
+
 async def _known_tenant(service: AuthService, tenant: str) -> None:
     """Raise InvalidInput unless a user or a team is in `tenant`: an operator's typo would
-    otherwise make a tenant of its own, with limits or teams nobody is under."""
-    if await service.list_users(tenant) or await Governance(service).list_teams(tenant):
-        return
-    raise InvalidInput(
-        f"No user or team is in tenant {tenant!r} (a typo?); a tenant begins with its "
-        f"first user: `switchyard users create --tenant {tenant} --email ...`.",
-        param="tenant",
-    )
+    otherwise make a tenant of its own, with limits or teams nobody is under, or be shown
+    the defaults as if it were a tenant."""
+    if not await _tenant_exists(service, tenant):
+        raise InvalidInput(_unknown_tenant(tenant), param="tenant")
+
+
+def _note_unknown_tenant(tenant: str | None, exists: bool) -> None:
+    """Say on stderr that a listing of `tenant` is empty because no user or team is in it
+    (an empty listing is an answer, but a typo should not read as a tenant with nothing)."""
+    if tenant is not None and not exists:
+        typer.echo(f"note: {_unknown_tenant(tenant)}", err=True)
 
 
 async def _named_team(governance: Governance, team: str, tenant: str) -> str:
@@ -790,23 +1005,35 @@ def update_team(
     clear: ClearOption = None,
     cache: CacheOption = None,
     cache_ttl: CacheTtlOption = None,
+    allowed_models: UpdateModelsOption = None,
     tenant: TeamTenantOption = "default",
 ) -> None:
-    """Rename a team or change its limits and response cache opt-in; every gateway applies
-    them within a second."""
+    """Rename a team or change its limits, its allowed models and its response cache
+    opt-in; every gateway applies them within a second (to its members' keys and tokens
+    too)."""
     cache_patch, clear = _cache_options(cache, cache_ttl, clear)
+    models, clear = _models_option(allowed_models, clear)
     limits = _limit_options(
-        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear, CACHE_FIELDS
+        rpm_limit,
+        tpm_limit,
+        max_budget_usd,
+        budget_period,
+        max_parallel,
+        clear,
+        _CLEARABLE_SETTINGS,
     )
 
     async def update(service: AuthService) -> Any:
         governance = Governance(service)
         found = await _named_team(governance, team_id, tenant)
-        return await governance.update_team(found, name=name, limits=limits, cache=cache_patch)
+        return await governance.update_team(
+            found, name=name, limits=limits, cache=cache_patch, allowed_models=models
+        )
 
     team = run_with_service(update)
     typer.echo(
-        f"Updated team {team.name} (id {team.id}): {_describe(team)}; {_describe_cache(team)}."
+        f"Updated team {safe(team.name)} (id {team.id}): {_describe(team)}; "
+        f"{_describe_models(team, 'any model')}; {_describe_cache(team)}."
     )
 
 
@@ -829,7 +1056,20 @@ def delete_team(
     async def delete(service: AuthService) -> Any:
         governance = Governance(service)
         found = await _named_team(governance, team_id, tenant)
-        await governance.delete_team(found, force=force)
+        try:
+            await governance.delete_team(found, force=force)
+        except TeamNotEmpty as exc:
+            # The service's message is the API's too (where forcing is `?force=true`):
+            # here it names this command's option.
+            team = await governance.team(found)
+            raise TeamNotEmpty(
+                f"Team {team.name!r} has {exc.members} member(s) and {exc.keys} unrevoked "
+                "key(s); deleting it frees them from its limits and model list. Move them "
+                "to another team first (`switchyard users update --email ... --team ...`), "
+                "or delete it anyway with --force.",
+                members=exc.members,
+                keys=exc.keys,
+            ) from None
         return found
 
     found = run_with_service(delete)
@@ -858,6 +1098,12 @@ def update_tenant(
     ] = None,
 ) -> None:
     """Set a tenant's own limits, and what gateways do when their limit store is down."""
+    for option, mode in (
+        ("--rate-limits-when-store-down", rate_limits_when_store_down),
+        ("--budgets-when-store-down", budgets_when_store_down),
+    ):
+        if mode is not None and mode not in ("open", "closed"):
+            raise _fail(f"{option} must be open or closed (got {mode!r})")
     limits = _limit_options(
         rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
     )
@@ -880,9 +1126,11 @@ def update_tenant(
 
 @tenants_app.command("show")
 def show_tenant(tenant: Annotated[str, typer.Option(help="The tenant.")]) -> None:
-    """Print a tenant's limits and failure modes as JSON."""
+    """Print a tenant's limits and failure modes as JSON. A tenant no user or team is in
+    is an error (exit 1), not the defaults."""
 
     async def show(service: AuthService) -> Any:
+        await _known_tenant(service, tenant)
         return await Governance(service).tenant(tenant)
 
     row = run_with_service(show)

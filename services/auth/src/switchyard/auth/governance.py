@@ -42,6 +42,7 @@ from switchyard.auth.service import (
     IssuedApiKey,
     KeyAlreadyRevoked,
     UserNotFound,
+    _check_team_models,
     _validate_models,
     check_tenant,
     printable,
@@ -460,7 +461,8 @@ class Governance:
                     raise TeamNotEmpty(
                         f"Team {team.name!r} has {members or 0} member(s) and {keys or 0} "
                         "unrevoked key(s); deleting it frees them from its limits and model "
-                        "list. Move them to another team first, or delete it with force.",
+                        "list. Move them to another team first, or delete it anyway with "
+                        "force=true.",
                         members=members or 0,
                         keys=keys or 0,
                     )
@@ -627,13 +629,17 @@ class Governance:
         limits: dict[str, Any] | None = None,
         team_id: str | None | Literal[False] = False,
         cache: dict[str, Any] | None = None,
+        allowed_models: Sequence[str] | None | Literal[False] = False,
         member: bool = False,
     ) -> ApiKey:
-        """Patch a key's limits (and team, and response cache opt-in: `cache`, see
-        `apply_cache`); only the tenant's, or the user's own key. With `member` (a member
-        changing their own key) the key stays in the member's team and its limits may only
-        tighten: NotPermitted names the field otherwise. Raises ApiKeyNotFound,
-        KeyAlreadyRevoked, TeamNotFound, InvalidInput (a bad value, a limit above a level's)."""
+        """Patch a key's limits (and team, response cache opt-in: `cache`, see
+        `apply_cache`, and, unless `allowed_models` is False, replace its allowed models:
+        None allows any its teams allow); only the tenant's, or the user's own key. With
+        `member` (a member changing their own key) the key stays in the member's team, its
+        limits may only tighten and its models may not change: NotPermitted names the field
+        otherwise. Raises ApiKeyNotFound, KeyAlreadyRevoked, TeamNotFound, InvalidInput (a
+        bad value, a limit above a level's, a model list none of whose models the key's
+        team and its user's team allow, as when a key is created)."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             key = await session.get(ApiKey, key_id)
@@ -662,6 +668,19 @@ class Governance:
                 _not_loosened(limits_of(key), merged)
             await self._check_key(session, user, team, limits_of(key), merged)
             apply_cache(key, cache)
+            if allowed_models is not False:
+                if member:
+                    raise NotPermitted(
+                        "Only an admin of the tenant can change a key's models.",
+                        param="allowed_models",
+                    )
+                models = _validate_models(allowed_models)
+                if models is not None:
+                    # Bounded by both teams at every lookup (`effective_models`), the key
+                    # must keep a model they allow, as a new key must.
+                    bounds = dict.fromkeys(bound for bound in (user.team_id, team) if bound)
+                    _check_team_models(models, [await session.get(Team, b) for b in bounds])
+                key.allowed_models = models
             key.team_id = team
             _store(key, merged, now)
             self._changed(session, key.tenant, "api_key", key.id)

@@ -7,12 +7,15 @@
     switchyard replay list
 
 The command is a client of the gateway's `/v1/replays` API (`--url`, default
-`SWITCHYARD_GATEWAY_URL` or http://127.0.0.1:8000; `--api-key`, default
-`SWITCHYARD_API_KEY`), not a database tool: a replay selects the caller's own recorded
-requests (the whole tenant's for an admin), is sent and billed as that caller, and keeps
-running in the history service when the command stops; `--wait` follows it to the end, and
-an interrupted run is continued with `resume <id>`. Errors print one line on stderr and
-exit with status 1.
+`SWITCHYARD_GATEWAY_URL`, else the gateway's own port on this machine,
+http://127.0.0.1:<SWITCHYARD_GATEWAY_PORT>, read from the environment or `.env` as the
+gateway and `make run` read it; `--api-key`, default `SWITCHYARD_API_KEY`), not a database
+tool: a replay selects the caller's own recorded requests (the whole tenant's for an
+admin), is sent and billed as that caller, and keeps running in the history service when
+the command stops; `--wait` follows it to the end, and an interrupted run is continued
+with `resume <id>`. Errors print one line on stderr and
+exit with status 1; a gateway that cannot be reached is named by the URL tried and where
+that URL came from.
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ from urllib.parse import quote
 
 import httpx
 import typer
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from switchyard.common.http import internal_limits
+from switchyard.common.settings import CheckedSettings, SettingsError, http_url
 from switchyard.common.text import columns, terminal_safe
 
 replay_app = typer.Typer(
@@ -39,9 +45,11 @@ replay_app = typer.Typer(
 )
 
 UrlOption = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--url", envvar="SWITCHYARD_GATEWAY_URL", help="The gateway's base URL.", show_envvar=True
+        "--url",
+        help="The gateway's base URL [default: SWITCHYARD_GATEWAY_URL, else "
+        "http://127.0.0.1:<SWITCHYARD_GATEWAY_PORT, 8000 unless set>].",
     ),
 ]
 KeyOption = Annotated[
@@ -55,7 +63,6 @@ KeyOption = Annotated[
 ]
 FormatOption = Annotated[str, typer.Option("--format", help="table, csv or json.")]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the replay until it completes.")]
-DEFAULT_URL = "http://127.0.0.1:8000"
 COLUMNS = (
     "original_id",
     "original_model",
@@ -82,18 +89,72 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+class GatewayAddress(CheckedSettings):
+    """Where the gateway is when `--url` is not given, read from the environment or `.env`
+    as the gateway reads its own settings: `SWITCHYARD_GATEWAY_URL` (empty: not set), else
+    the gateway's port, `SWITCHYARD_GATEWAY_PORT`, on this machine."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    url: str = Field(default="", validation_alias=AliasChoices("SWITCHYARD_GATEWAY_URL"))
+    port: int | None = Field(
+        default=None, ge=1, le=65535, validation_alias=AliasChoices("SWITCHYARD_GATEWAY_PORT")
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return value if value == "" else str(http_url(value))
+
+
+# The gateway's port when SWITCHYARD_GATEWAY_PORT is not set (its Settings' default).
+DEFAULT_GATEWAY_PORT = 8000
+
+
+def gateway_url(url: str | None) -> tuple[str, str]:
+    """The gateway's base URL and where it came from, as errors tell it (after "that URL
+    is"): `url` (`--url`) when given, else `SWITCHYARD_GATEWAY_URL`, else the gateway's
+    port on this machine (`SWITCHYARD_GATEWAY_PORT`, 8000 unless set), as `make run`
+    serves it.
+
+    Raises:
+        typer.Exit: `url` or a setting is not a usable URL or port (one line naming it).
+    """
+    if url is not None:
+        try:
+            return str(http_url(url)), "given with --url"
+        except ValueError as exc:
+            raise _fail(f"--url {url!r}: {exc}") from None
+    try:
+        address = GatewayAddress()
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
+    if address.url:
+        return address.url, "from SWITCHYARD_GATEWAY_URL"
+    if address.port is not None:
+        return f"http://127.0.0.1:{address.port}", "built from SWITCHYARD_GATEWAY_PORT"
+    return (
+        f"http://127.0.0.1:{DEFAULT_GATEWAY_PORT}",
+        "the default, as neither SWITCHYARD_GATEWAY_URL nor SWITCHYARD_GATEWAY_PORT is set",
+    )
+
+
 class Client:
-    """A blocking client of the gateway's replays API for the CLI, authenticated with an API key.
+    """A blocking client of the gateway's replays API for the CLI, authenticated with an
+    API key; `origin` says where `url` came from (see `gateway_url`), for the error when
+    the gateway cannot be reached.
 
     Raises:
         typer.Exit: no API key.
     """
 
-    def __init__(self, url: str, api_key: str | None) -> None:
+    def __init__(self, url: str, api_key: str | None, origin: str = "given with --url") -> None:
         if not api_key:
             raise _fail("an API key is needed: --api-key or SWITCHYARD_API_KEY")
+        self._url = url.rstrip("/")
+        self._origin = origin
         self._http = httpx.Client(
-            base_url=url.rstrip("/"),
+            base_url=self._url,
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=30,
             limits=internal_limits(),
@@ -108,7 +169,11 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise _fail(f"cannot reach the gateway ({exc})") from None
+            raise _fail(
+                f"cannot reach the gateway at {self._url} ({str(exc) or type(exc).__name__}); "
+                f"that URL is {self._origin}. Is the gateway running there? Point the command "
+                "at it with --url or SWITCHYARD_GATEWAY_URL"
+            ) from None
         try:
             data = response.json()
         except ValueError:
@@ -134,6 +199,14 @@ class Client:
             after = page.get("next_after")
         first["data"] = data
         return first
+
+
+def _client(url: str | None, api_key: str | None) -> Client:
+    """A client of the gateway `url` (`--url`) names, or the settings do (`gateway_url`)."""
+    if not api_key:  # said before a setting's problem: the first thing to give
+        raise _fail("an API key is needed: --api-key or SWITCHYARD_API_KEY")
+    address, origin = gateway_url(url)
+    return Client(address, api_key, origin)
 
 
 def _check_format(output_format: str) -> None:
@@ -166,7 +239,7 @@ def replay(
     ] = "caller",
     output_format: FormatOption = "table",
     wait: WaitOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Replay the requests selected by --since ... on --to-model (see the subcommands to
@@ -191,7 +264,7 @@ def replay(
         "rate": rate,
         "bill_to": bill_to,
     }
-    client = Client(url, api_key)
+    client = _client(url, api_key)
     created = client.call("POST", "/v1/replays", json={k: v for k, v in body.items() if v})
     typer.echo(
         terminal_safe(
@@ -208,18 +281,18 @@ def show(
     replay_id: str,
     output_format: FormatOption = "table",
     wait: WaitOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Print a replay's report."""
     _check_format(output_format)
-    _finish(Client(url, api_key), replay_id, output_format, wait)
+    _finish(_client(url, api_key), replay_id, output_format, wait)
 
 
 @replay_app.command("stop")
-def stop(replay_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+def stop(replay_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
     """Stop sending (resume later with `resume`)."""
-    replay = Client(url, api_key).call("POST", f"/v1/replays/{quote(replay_id, safe='')}/stop")
+    replay = _client(url, api_key).call("POST", f"/v1/replays/{quote(replay_id, safe='')}/stop")
     typer.echo(terminal_safe(f"replay {replay['id']} {replay['status']}"))
 
 
@@ -228,12 +301,12 @@ def resume(
     replay_id: str,
     output_format: FormatOption = "table",
     wait: WaitOption = False,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Go on sending a stopped or interrupted replay; nothing is sent twice."""
     _check_format(output_format)
-    client = Client(url, api_key)
+    client = _client(url, api_key)
     replay = client.call("POST", f"/v1/replays/{quote(replay_id, safe='')}/resume")
     typer.echo(terminal_safe(f"replay {replay['id']} {replay['status']}"), err=True)
     _finish(client, replay_id, output_format, wait)
@@ -241,14 +314,14 @@ def resume(
 
 @replay_app.command("list")
 def list_replays(
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = None,
     api_key: KeyOption = None,
     status: Annotated[
         str | None, typer.Option(help="Only these statuses: running, stopped, completed.")
     ] = None,
 ) -> None:
     """Your replays, newest first (every page), under a header row."""
-    client = Client(url, api_key)
+    client = _client(url, api_key)
     params: dict[str, str] = {"limit": "100"} | ({"status": status} if status else {})
     rows = []
     while True:

@@ -8,10 +8,17 @@ the history database named by the settings (`SWITCHYARD_HISTORY_DATABASE_URL` or
     switchyard tenant-settings show --tenant acme
     switchyard tenant-settings set --tenant acme --metadata-only --retention-days 30
     switchyard tenant-settings set --tenant acme --cache --cache-ttl 3600
+    switchyard tenant-settings set --tenant newco --new-tenant --metadata-only   (a new tenant)
     switchyard cache purge [--tenant acme] [--model m] [--expired]   (and tells the gateways)
 
 Errors an operator can fix (bad dates, unreachable database, tables not migrated) print
 one line to stderr and exit with status 1, without a traceback.
+
+History knows a tenant by its stored settings or its recorded requests (those kept, or
+counted in the usage rollup, which outlives retention purges). A tenant it knows nothing
+of is most often a typo: `tenant-settings set` refuses it unless `--new-tenant` says it is
+new, `tenant-settings show` refuses it (exit 1) rather than print the defaults as its
+settings, and the reports and purges filtered by it say so on stderr.
 """
 
 from __future__ import annotations
@@ -24,18 +31,25 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy import literal, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import BusUnavailableError
-from switchyard.common.db import dispose_engine, missing_database, other_database_note
+from switchyard.common.db import (
+    dispose_engine,
+    missing_database,
+    other_database_note,
+    read_only,
+)
 from switchyard.common.plugins import lookup_principal_names
 from switchyard.common.text import columns, terminal_safe
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import DatabaseSettings
+from switchyard.history.models import requests_table, tenant_settings_table, usage_hourly_table
 from switchyard.history.queries import HistoryQueries, UsageQuery, UsageRow
-from switchyard.history.sweeper import purge, purge_by_retention
-from switchyard.history.tenants import UNSET, TenantSettingsStore
+from switchyard.history.sweeper import PurgeResult, purge, purge_by_retention
+from switchyard.history.tenants import UNSET, TenantSettingsStore, TenantSettingsView
 from switchyard.history.timeparse import TimeFormatError, parse_duration, parse_instant
 from switchyard.history.usage import (
     NAME_COLUMNS,
@@ -91,6 +105,36 @@ def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
         ) from None
 
 
+async def _tenant_known(engine: AsyncEngine, tenant: str) -> bool:
+    """Whether history has settings of `tenant` stored or any request of it recorded (kept,
+    or counted in the usage rollup, which outlives retention purges)."""
+    async with read_only(engine).connect() as connection:
+        for table in (tenant_settings_table, requests_table, usage_hourly_table):
+            found = await connection.scalar(
+                select(literal(1)).select_from(table).where(table.c.tenant == tenant).limit(1)
+            )
+            if found is not None:
+                return True
+    return False
+
+
+def _unknown_tenant(tenant: str) -> str:
+    """What the commands say of a tenant history knows nothing of."""
+    return (
+        f"History knows nothing of tenant {tenant!r} (a typo?): it has no settings stored "
+        "and no request recorded; to configure a tenant before its first request, run "
+        f"`switchyard tenant-settings set --tenant {tenant} --new-tenant ...`."
+    )
+
+
+def _note_unknown_tenant(tenant: str | None, known: bool) -> None:
+    """Say on stderr that what was asked of `tenant` found nothing because history knows
+    nothing of it: an empty answer is right for a tenant without traffic, but a typo should
+    not read as one."""
+    if tenant is not None and not known:
+        typer.echo(f"note: {_unknown_tenant(tenant)}", err=True)
+
+
 def _instant(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
@@ -129,7 +173,11 @@ def usage_report(
             _instant(since, "--since"), _instant(until, "--until"), bucket
         )
     except UsageParameterError as exc:
-        raise _fail(str(exc).replace("'group_by'", "--group-by")) from None
+        # The API's parameters, named as this command's options.
+        message = str(exc)
+        for name in ("group_by", "since", "until"):
+            message = message.replace(f"'{name}'", f"--{name.replace('_', '-')}")
+        raise _fail(message) from None
     query = UsageQuery(
         since=since_at,
         until=until_at,
@@ -140,7 +188,14 @@ def usage_report(
         model=model,
         team_id=team,
     )
-    rows = _run(lambda engine: HistoryQueries(engine).usage(query))
+
+    async def report(engine: AsyncEngine) -> tuple[list[UsageRow], bool]:
+        rows = await HistoryQueries(engine).usage(query)
+        known = bool(rows) or tenant is None or await _tenant_known(engine, tenant)
+        return rows, known
+
+    rows, known = _run(report)
+    _note_unknown_tenant(tenant, known)
     names = _names(rows, query)
     if output_format == "csv":
         sys.stdout.write(report_csv(rows, query, names))
@@ -229,7 +284,14 @@ def retention_purge(
             cutoff = datetime.now(UTC) - parse_duration(older_than)
         except TimeFormatError as exc:
             raise _fail(f"--older-than: {exc}") from None
-        result = _run(lambda engine: purge(engine, cutoff, tenant=tenant, dry_run=dry_run))
+
+        async def purge_tenant(engine: AsyncEngine) -> tuple[PurgeResult, bool]:
+            result = await purge(engine, cutoff, tenant=tenant, dry_run=dry_run)
+            known = result.requests > 0 or tenant is None or await _tenant_known(engine, tenant)
+            return result, known
+
+        result, known = _run(purge_tenant)
+        _note_unknown_tenant(tenant, known)
     else:
         settings = DatabaseSettings()
         result = _run(
@@ -248,8 +310,18 @@ def retention_purge(
 def tenant_settings_show(
     tenant: Annotated[str, typer.Option(help="Tenant name.")],
 ) -> None:
-    """Print a tenant's settings (with its webhook signing secret) as JSON."""
-    settings = _run(lambda engine: TenantSettingsStore(engine).get(tenant))
+    """Print a tenant's settings (with its webhook signing secret) as JSON. A tenant
+    history knows nothing of (no settings stored, no request recorded) is an error (exit
+    1), not the defaults printed as its settings."""
+
+    async def show(engine: AsyncEngine) -> TenantSettingsView | None:
+        if not await _tenant_known(engine, tenant):
+            return None
+        return await TenantSettingsStore(engine).get(tenant)
+
+    settings = _run(show)
+    if settings is None:
+        raise _fail(_unknown_tenant(tenant))
     typer.echo(json.dumps(settings.public(include_secret=True), default=str, indent=2))
 
 
@@ -280,8 +352,18 @@ def tenant_settings_set(
     cache_ttl: Annotated[
         int | None, typer.Option(min=1, help="How long cached answers are reused (seconds).")
     ] = None,
+    new_tenant: Annotated[
+        bool,
+        typer.Option(
+            "--new-tenant",
+            help="The tenant is new: configure it before its first request. Without it, a "
+            "tenant with no settings and no recorded request is refused as a likely typo.",
+        ),
+    ] = False,
 ) -> None:
-    """Change a tenant's settings; the others keep their values."""
+    """Change a tenant's settings; the others keep their values. The tenant must be one
+    history knows (settings stored or a request recorded), or be declared with
+    --new-tenant."""
     retention: Any = UNSET
     if default_retention and retention_days is not None:
         # Either would be dropped silently: the operator meant one of them.
@@ -290,8 +372,11 @@ def tenant_settings_set(
         retention = None
     elif retention_days is not None:
         retention = retention_days
-    settings = _run(
-        lambda engine: TenantSettingsStore(engine).update(
+
+    async def update(engine: AsyncEngine) -> TenantSettingsView | None:
+        if not new_tenant and not await _tenant_known(engine, tenant):
+            return None
+        return await TenantSettingsStore(engine).update(
             tenant,
             store_content=None if metadata_only is None else not metadata_only,
             retention_days=retention,
@@ -299,7 +384,10 @@ def tenant_settings_set(
             cache_enabled=cache,
             cache_ttl_s=UNSET if cache_ttl is None else cache_ttl,
         )
-    )
+
+    settings = _run(update)
+    if settings is None:
+        raise _fail(_unknown_tenant(tenant))
     typer.echo(json.dumps(settings.public(include_secret=True), default=str, indent=2))
 
 
@@ -316,9 +404,13 @@ def cache_purge(
     SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S; running it again tells them."""
     from switchyard.history.cache import CacheStore
 
-    count = _run(
-        lambda engine: CacheStore(engine).purge(tenant=tenant, model=model, expired_only=expired)
-    )
+    async def purge_cache(engine: AsyncEngine) -> tuple[int, bool]:
+        count = await CacheStore(engine).purge(tenant=tenant, model=model, expired_only=expired)
+        known = count > 0 or tenant is None or await _tenant_known(engine, tenant)
+        return count, known
+
+    count, known = _run(purge_cache)
+    _note_unknown_tenant(tenant, known)
     typer.echo(f"deleted {count} cached answer(s)")
     try:
         told = asyncio.run(_announce_purge(tenant, model, expired))
