@@ -391,3 +391,59 @@ def test_a_call_whose_id_comes_again_at_its_index_stays_one_call() -> None:
 
     assert [(b.id, b.name, json.dumps(b.input)) for b in message.content] == expected
     assert [(i.call_id, i.name, i.arguments) for i in response.output] == expected
+
+
+def _passed_through(chunks: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The calls a Chat Completions client's openai SDK assembles from `chunks` relayed,
+    and those of the reply recorded for history: (id, name, arguments) each."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from switchyard.inference.adapters import _ChatPassThroughStream
+    from switchyard.inference.upstream import SSE
+
+    relay = _ChatPassThroughStream("m", include_usage=False)
+    state = ChatCompletionStreamState()
+    assembled = CompletionAccumulator()
+    for chunk in chunks:
+        for event in relay.feed(SSE(event=None, data=json.loads(json.dumps(chunk)))):
+            assembled.add(event.data)
+            state.handle_chunk(ChatCompletionChunk.model_validate(event.data))
+    message = state.get_final_completion().choices[0].message
+    sdk = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    recorded = assembled.response()["choices"][0]["message"]["tool_calls"]
+    record = [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in recorded]
+    return sdk, record
+
+
+ONE_CALL_SHAPES = {
+    # An id that changes from chunk to chunk (some servers'): one call, its first id.
+    "a new id without a name": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather", '{"city": ')]},
+        {"tool_calls": [call(0, arguments='"Oslo"}', id="call_z")]},
+    ),
+    # vLLM repeats the id in every delta.
+    "the id in every delta": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather", '{"city": ')]},
+        {"tool_calls": [call(0, arguments='"Oslo"}', id="call_a", type="function")]},
+    ),
+    # A server giving the first delta no index and the next ones one.
+    "no index, then an index": chunks_of(
+        {"tool_calls": [{"id": "call_a", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city": '}}]},
+        {"tool_calls": [call(0, arguments='"Oslo"}')]},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("chunks", ONE_CALL_SHAPES.values(), ids=ONE_CALL_SHAPES.keys())
+def test_the_deltas_of_one_call_stay_one_call_for_every_client(chunks) -> None:
+    expected = [("call_a", "get_weather", '{"city": "Oslo"}')]
+
+    _, message = anthropic_stream(chunks)
+    _, response = responses_stream(chunks)
+    sdk, record = _passed_through(chunks)
+
+    assert [(b.id, b.name, json.dumps(b.input)) for b in message.content] == expected
+    assert [(i.call_id, i.name, i.arguments) for i in response.output] == expected
+    assert sdk == record == expected

@@ -626,6 +626,44 @@ def test_a_top_p_of_1_is_not_sent_to_anthropic(top_p) -> None:
     assert responses_request_to_messages({**responses, "top_p": 0.9})["top_p"] == 0.9
 
 
+def test_a_temperature_of_1_is_not_sent_beside_a_top_p() -> None:
+    """1 is both APIs' default: beside a `top_p` below 1 only that is sent (the models
+    taking one of the two refuse both). Alone, or beside no `top_p`, it is sent."""
+    for translated in (
+        chat_request_to_messages({"model": "m", "messages": USER, "temperature": 1, "top_p": 0.5}),
+        responses_request_to_messages({"model": "m", "input": "x", "temperature": 1, "top_p": 0.5}),
+    ):
+        assert "temperature" not in translated and translated["top_p"] == 0.5
+    alone = chat_request_to_messages({"model": "m", "messages": USER, "temperature": 1})
+    assert alone["temperature"] == 1 and "top_p" not in alone
+
+
+def test_a_system_message_ending_the_request_after_an_assistant_one_asks_for_a_reply() -> None:
+    """Taken out to `system`, it would leave the assistant message last, which Anthropic
+    continues (a prefill); OpenAI writes a new reply. It is the user's last turn instead,
+    with or without `mid_conversation_system_messages` (Anthropic takes a system message
+    only right after a user one)."""
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "system", "content": "Now summarize in French."},
+    ]
+    items = [{**message, "type": "message"} for message in messages]
+    for kept in (False, True):
+        via_chat = chat_request_to_messages(
+            {"model": "m", "messages": messages, "reasoning_effort": "high"},
+            mid_conversation_system_messages=kept,
+        )
+        via_responses = responses_request_to_messages(
+            {"model": "m", "input": items}, mid_conversation_system_messages=kept
+        )
+        for sent in (via_chat, via_responses):
+            assert [turn["role"] for turn in sent["messages"]] == ["user", "assistant", "user"]
+            assert "Now summarize in French." in json.dumps(sent["messages"][-1])
+            assert "system" not in sent
+        assert via_chat["thinking"]["type"] == "enabled"  # a new turn: thinking stays on
+
+
 def test_openai_json_schema_response_format_becomes_output_config() -> None:
     body = {
         "model": "m",

@@ -248,7 +248,9 @@ def test_what_anthropic_allows_beside_thinking_is_sent() -> None:
         )
     )
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
-    assert (sent["temperature"], sent["top_p"], sent["tool_choice"]) == (1, 0.95, {"type": "auto"})
+    # `temperature` 1 is the default, left out beside a `top_p` (`add_anthropic_sampling`).
+    assert "temperature" not in sent
+    assert (sent["top_p"], sent["tool_choice"]) == (0.95, {"type": "auto"})
 
 
 @pytest.mark.parametrize(

@@ -2053,7 +2053,10 @@ def place_system_turns(turns: list[dict[str, Any]], *, kept: bool) -> list[Any]:
     placement rules ("Mid-conversation system messages") allow it there: right after a
     user turn, and last or followed by an assistant turn. Other models, and Claude on
     Amazon Bedrock and Vertex AI, refuse any ("role 'system' is not supported on this
-    model"). `turns` hold no two system turns in a row (the callers merge them)."""
+    model"). A system turn ending `turns` after an assistant turn becomes the last user
+    turn instead: taken out, it would leave the assistant turn last, which Anthropic
+    continues (a prefill) where OpenAI's APIs write a new reply. `turns` hold no two
+    system turns in a row (the callers merge them)."""
     hoisted: list[Any] = []
     placed: list[dict[str, Any]] = []
     for position, turn in enumerate(turns):
@@ -2062,6 +2065,11 @@ def place_system_turns(turns: list[dict[str, Any]], *, kept: bool) -> list[Any]:
             following = turns[position + 1]["role"] if position + 1 < len(turns) else None
             if kept and after_user and following in (None, "assistant"):
                 placed.append(turn)
+            elif following is None and placed and placed[-1]["role"] == "assistant":
+                # Ending the request after an assistant message: taken out, it would
+                # leave that message last, which Anthropic continues (a prefill) where
+                # OpenAI writes a new reply. As the user's last turn it asks for one.
+                placed.append({"role": "user", "content": turn["content"]})
             else:
                 hoisted.append(turn["content"])
             continue
@@ -2528,12 +2536,12 @@ def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None
     """Copy an OpenAI request's (Chat Completions or Responses) `temperature`, `top_p` and
     end user (`safety_identifier`, else `user`, as Anthropic's `metadata.user_id`: the
     identifier Anthropic uses to detect abuse, which OpenAI's `safety_identifier` is and
-    its deprecated `user` was) into
-    the Anthropic request `result`; a `top_p` of 1 (the default) is not sent. Raises
-    TranslationError in OpenAI's words for a value
-    OpenAI refuses (a `temperature` outside 0 to 2, a `top_p` outside 0 to 1, a `user`
-    that is not a string: Anthropic would refuse it under its own field name), and for a
-    `temperature` above 1, outside Anthropic's range."""
+    its deprecated `user` was) into the Anthropic request `result`; a `top_p` of 1 (the
+    default) is not sent, nor a `temperature` of 1 (the default too) beside another
+    `top_p`. Raises TranslationError in OpenAI's words for a value OpenAI refuses (a
+    `temperature` outside 0 to 2, a `top_p` outside 0 to 1, a `user` that is not a
+    string: Anthropic would refuse it under its own field name), and for a `temperature`
+    above 1, outside Anthropic's range."""
     temperature = _number_between(body, "temperature", 2)
     if temperature is not None:
         if temperature > 1:
@@ -2547,6 +2555,10 @@ def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None
     # by the Claude models that take only one of the two (Claude Sonnet 4.5 and later).
     if top_p is not None and top_p != 1:
         result["top_p"] = top_p
+        if result.get("temperature") == 1:
+            # 1 is both APIs' default: sent beside `top_p` it would be refused by the
+            # Claude models that take only one of the two.
+            del result["temperature"]
     for name in ("user", "safety_identifier"):
         value = body.get(name)
         if value is not None and not isinstance(value, str):
@@ -2894,6 +2906,25 @@ def _continuing(call: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _without_id(call: dict[str, Any]) -> dict[str, Any]:
+    """A `tool_calls` delta continuing a call it gives an index of: without the `id` and
+    `type` its first delta gave (stream readers join what each delta repeats: the openai
+    SDK makes `call_acall_a` of an id repeated). Its function name stays: servers stream
+    a long name in pieces, which readers join, and the translations read the name
+    whichever way it comes."""
+    if "id" not in call and "type" not in call:
+        return call
+    return {key: value for key, value in call.items() if key not in ("id", "type")}
+
+
+def _function_name(call: dict[str, Any]) -> str | None:
+    """The function name a `tool_calls` delta gives, or None when it gives none (or an
+    empty one)."""
+    function = call.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 class ToolCallIndexes:
     """Gives each `tool_calls` delta of one Chat Completions stream the `index` of the call
     it belongs to, one index a call:
@@ -2905,13 +2936,17 @@ class ToolCallIndexes:
       readers join what each delta repeats), one without an id (or an empty one)
       continues the last call;
     - for servers that give parallel calls one index (Ollama gives each call of a turn
-      index 0): a delta with an id other than that of the call its index holds starts a
-      new call, at the next free index, and the deltas after it at that index without an
-      id continue it (one with the id of an earlier call at that index belongs to it).
-      Calls at different indexes stay apart whatever their ids (some servers give
-      parallel calls one id, `call_0`).
+      index 0): a delta with an id other than that of the call its index holds, and a
+      function name, starts a new call, at the next free index; the deltas after it at
+      that index continue it (one with the id of an earlier call at that index belongs to
+      it). A delta with a new id but no name continues the call (some servers change the
+      id from chunk to chunk). Calls at different indexes stay apart whatever their ids
+      (some servers give parallel calls one id, `call_0`).
 
-    Other deltas keep their index, as they are."""
+    A delta continuing a call given with an index loses the id and type its first delta
+    gave (`_without_id`), as OpenAI's continuing deltas carry none: a server repeating
+    them (vLLM repeats the id) would otherwise have them joined (`call_acall_a`) by stream
+    readers, the openai SDK's among them. Other deltas keep their index, as they are."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, int] = {}
@@ -2943,14 +2978,22 @@ class ToolCallIndexes:
                 latest = self._by_index.get(given)
                 if call_id is not None and (given, call_id) in self._by_index_and_id:
                     index = self._by_index_and_id[given, call_id]
-                elif latest is None or call_id is not None and latest[0] not in (None, call_id):
+                    call = _without_id(call)  # vLLM repeats the id in each delta
+                elif latest is None or (
+                    call_id is not None
+                    and _function_name(call) is not None
+                    and latest[0] not in (None, call_id)
+                ):
+                    # A call not seen yet; at an index in use, another call given it (it
+                    # names its function: a delta of the same call with a new id, as some
+                    # servers send, names none and continues the call).
                     index = self._new_call(given)
+                    self._by_index[given] = (call_id, index)
+                    if call_id is not None:
+                        self._by_index_and_id[given, call_id] = index
                 else:
                     index = latest[1]
-                if call_id is not None:
-                    self._by_index_and_id.setdefault((given, call_id), index)
-                known_id = call_id or (latest[0] if latest is not None else None)
-                self._by_index[given] = (known_id, index)
+                    call = _without_id(call)
                 if index != given:
                     call = {**call, "index": index}
             else:
@@ -2959,6 +3002,10 @@ class ToolCallIndexes:
                     call = _continuing(call)
                 elif call_id is not None or self._last is None:
                     index = self._new_call(None)
+                    # Deltas that give this index later (a server mixing both) continue it.
+                    self._by_index.setdefault(index, (call_id, index))
+                    if call_id is not None:
+                        self._by_index_and_id.setdefault((index, call_id), index)
                 else:
                     index = self._last
                     call = _continuing(call)
