@@ -79,6 +79,7 @@ from switchyard.gateway.intake import (
     admit,
     bus_unavailable,
     check_model,
+    check_tool_models,
     forwarded_headers,
     publish,
     request_event,
@@ -282,6 +283,7 @@ class Dispatch:
         publish-or-503 every model request shares), or answer it from the response cache.
         Raises APIError (404 model, 429 gateway busy, 413, 503) or `Refused` (429)."""
         check_model(gateway, principal, client.model)
+        check_tool_models(principal, client)
         if gateway.replies_listener is None:
             REJECTED.labels("bus_unavailable").inc()
             raise bus_unavailable(

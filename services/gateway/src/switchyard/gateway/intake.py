@@ -33,7 +33,7 @@ import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import structlog
 from prometheus_client import Counter
@@ -49,6 +49,7 @@ from switchyard.common.events import (
     FORWARDED_HEADERS,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     Priority,
     ReplyAddress,
     new_id,
@@ -107,18 +108,22 @@ def check_model(gateway: Gateway, principal: Principal, model: str, param: str =
         raise model_not_found(model, param)
 
 
-def check_tool_models(principal: Principal, body: dict[str, Any], prefix: str = "") -> None:
-    """Raise APIError 404 `model_not_found` (naming `<prefix>tools[i].model`) when a
-    credential bound to a list of models names another in a tool the upstream runs itself
-    (a Responses `image_generation` tool's `model`): the upstream would run that model,
-    billed to the deployment's account, past the list that bounds the credential."""
-    tools = body.get("tools")
+def check_tool_models(principal: Principal, client: ClientRequest, prefix: str = "") -> None:
+    """Raise APIError 404 `model_not_found` (naming `<prefix>tools[i].model`, or
+    `tools.i.model` for Anthropic's APIs) when a credential bound to a list of models
+    names another in a tool the upstream runs itself (a Responses `image_generation`
+    tool's `model`, an Anthropic server tool's such as the advisor's): the upstream would
+    run that model, billed to the deployment's account, past the list that bounds the
+    credential."""
+    tools = client.body.get("tools")
     if principal.allowed_models is None or not isinstance(tools, list):
         return
+    anthropic = client.api in (ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.ANTHROPIC_COUNT_TOKENS)
     for index, tool in enumerate(tools):
         model = tool.get("model") if isinstance(tool, dict) else None
         if isinstance(model, str) and not principal.may_use(model):
-            raise model_not_found(model, f"{prefix}tools[{index}].model")
+            where = f"tools.{index}.model" if anthropic else f"tools[{index}].model"
+            raise model_not_found(model, prefix + where)
 
 
 def too_large_for_bus() -> APIError:

@@ -63,7 +63,7 @@ from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id, read_when_recorded, relay
 from switchyard.gateway.api.messages import anthropic_version_refusal
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.intake import check_model, submit_batch
+from switchyard.gateway.intake import check_model, check_tool_models, submit_batch
 from switchyard.gateway.limits import API_PATHS, too_large_message
 from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.schemas import JobRequest
@@ -208,6 +208,7 @@ async def create_job(
         )
     # Named where the caller wrote it (a request line's model is in its `body`).
     check_model(gateway, principal, client.model, "body.model" if "url" in data else "model")
+    check_tool_models(principal, client, "body." if "url" in data else "")
     # Jobs count against the same budgets and rate limits as interactive requests.
     submitted = await submit_batch(
         gateway, request, principal, client, webhook_url=webhook_url, what="job"

@@ -435,7 +435,7 @@ async def _conversation(
     caller's access to the model is checked (before reading any history). Raises
     APIError as those do."""
     check_model(gateway, principal, client.model)
-    check_tool_models(principal, client.body)
+    check_tool_models(principal, client)
     sent = client.body
     _refuse_duplicate_items(sent, [])  # before reading anything
     # Continuing a stored response, or naming its items, reads them: only a credential
