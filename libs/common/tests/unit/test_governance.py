@@ -101,3 +101,15 @@ def test_budget_periods_are_anchored_and_scalable() -> None:
     assert fast.period("1d", anchor, anchor + timedelta(seconds=5)).start == anchor + timedelta(
         seconds=4
     )
+
+
+def test_the_budget_floor_holds_for_a_budget_being_set_not_one_stored_before_it() -> None:
+    """A budget stored before the floor existed (1e-300) must not block a change of
+    another limit of its row; setting such a budget now is refused."""
+    stored = {"max_budget_usd": 1e-300, "rpm_limit": 60}
+    assert check_limit_values(stored, changed={"rpm_limit"}).rpm_limit == 60
+    with pytest.raises(LimitError) as refused:
+        check_limit_values(stored, changed={"max_budget_usd"})
+    assert refused.value.param == "max_budget_usd"
+    with pytest.raises(LimitError):
+        check_limit_values(stored)

@@ -762,3 +762,21 @@ def test_the_cli_finds_a_team_named_in_another_case(cli) -> None:
     again = cli("teams", "create", "--tenant", "acme", "--name", "ml")
     assert again.exit_code == 1
     assert "already has a team named 'ML'" in again.output
+
+
+def test_a_budget_stored_below_the_floor_does_not_block_another_limits_change() -> None:
+    from types import SimpleNamespace
+
+    from switchyard.auth.governance import _merged
+    from switchyard.auth.service import InvalidInput
+
+    row = SimpleNamespace(
+        max_budget_usd=1e-300,
+        budget_period=None,
+        rpm_limit=None,
+        tpm_limit=None,
+        max_parallel_requests=None,
+    )
+    assert _merged(row, {"rpm_limit": 60}).rpm_limit == 60  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        _merged(row, {"max_budget_usd": 5e-324})  # type: ignore[arg-type]

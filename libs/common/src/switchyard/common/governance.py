@@ -15,6 +15,7 @@ Budget periods are anchored: a budget set at instant A with period P resets at A
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -129,9 +130,11 @@ class Limits(BaseModel):
         return all(getattr(self, name) is None for name in LIMIT_FIELDS)
 
 
-def check_limit_values(values: dict[str, Any]) -> Limits:
+def check_limit_values(values: dict[str, Any], changed: Collection[str] | None = None) -> Limits:
     """`Limits` from loose input (CLI options, a PATCH body), raising LimitError naming
-    the first bad field: negative or absurd numbers, unknown periods."""
+    the first bad field: negative or absurd numbers, unknown periods. `changed`: the
+    fields being set now (None: all), the only ones held to `MIN_BUDGET_USD`, so that a
+    budget stored before that bound does not block a change of another limit."""
     for name in NUMERIC_LIMIT_FIELDS:
         value = values.get(name)
         if value is None:
@@ -142,7 +145,11 @@ def check_limit_values(values: dict[str, Any]) -> Limits:
             raise LimitError(f"'{name}' must be a finite number.", name)
         if value < 0:
             raise LimitError(f"'{name}' must not be negative (got {value}).", name)
-        if name == "max_budget_usd" and 0 < value < MIN_BUDGET_USD:
+        if (
+            name == "max_budget_usd"
+            and 0 < value < MIN_BUDGET_USD
+            and (changed is None or name in changed)
+        ):
             raise LimitError(
                 f"'{name}' must be 0 or at least {fixed_point(MIN_BUDGET_USD)} (got {value!r}).",
                 name,

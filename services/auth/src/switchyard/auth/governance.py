@@ -113,7 +113,7 @@ def _merged(row: LimitColumns | None, patch: dict[str, Any] | None) -> Limits:
         # a period is the budget's, and limits nothing alone.
         values["budget_period"] = patch.get("budget_period")
     try:
-        return check_limit_values(values)
+        return check_limit_values(values, changed=set(patch or ()))
     except LimitError as exc:
         raise InvalidInput(str(exc), param=exc.param) from None
 
