@@ -370,5 +370,11 @@ async def test_only_an_admin_of_the_users_tenant_sets_a_password(auth_app, peopl
         404,
         "user_not_found",
     )
-    # Nothing changed: the member still signs in with the old password.
+    # An admin's own needs the current one (a stolen token must not take the account).
+    own = await auth_app.client.post(
+        f"/v1/admin/users/{people['admin'].id}/password", json=body, headers=admin
+    )
+    assert "/v1/auth/password" in assert_error(own, 400, "invalid_request")["message"]
+    # Nothing changed: both still sign in with the old password.
     assert (await token_for(auth_app, "member@acme.test"))["Authorization"]
+    assert (await token_for(auth_app, "admin@acme.test"))["Authorization"]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
 from switchyard.auth.api.api_keys import ApiKeyList, ApiKeyOut
-from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, Service
+from switchyard.auth.api.deps import AdminUser, Service
 from switchyard.auth.api.limit_fields import STRICT
 from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.api.tokens import busy_hashing
@@ -138,18 +138,21 @@ async def set_user_password(
     user_id: str,
     body: SetPassword,
     admin: AdminUser,
-    claims: AccessClaimsDep,
     service: Service,
 ) -> UserOut:
-    """Set a user's password (a forgotten or leaked one): every sign-in of theirs ends (an
-    admin setting their own keeps the one making the call); their API keys stay valid."""
-    try:
-        user = await service.set_password(
-            user_id,
-            body.password,
-            tenant=admin.tenant,
-            keep_session=claims.session_id if user_id == admin.id else None,
+    """Set another user's password (a forgotten or leaked one): every sign-in of theirs
+    ends; their API keys stay valid. An admin's own is changed with the current one
+    (`POST /v1/auth/password`, 400 here): a stolen access token must not be enough to
+    take the account over."""
+    if user_id == admin.id:
+        raise APIError(
+            400,
+            "Change your own password with POST /v1/auth/password, giving the current one.",
+            param="user_id",
+            code="invalid_request",
         )
+    try:
+        user = await service.set_password(user_id, body.password, tenant=admin.tenant)
     except UserNotFound:
         raise _not_found("user", "user_not_found") from None
     except HashingBusy:
