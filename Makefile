@@ -132,9 +132,10 @@ schema: install ## Regenerate the published event contract (docs/events/: JSON S
 clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache); refused while `make run` runs here
 	@# A running `switchyard dev` holds an exclusive flock on .switchyard/dev.lock: its
 	@# databases and keys must not vanish under it.
-	@# flock(1) where util-linux has it, else Python's fcntl (macOS has no flock(1)).
+	@# flock(1) where util-linux has it, else Python's fcntl (macOS has no flock(1)): its
+	@# exit status 1 is the lock held (0 free; no Python at all, 127, lets clean go on).
 	@if [ -e .switchyard/dev.lock ] && { if command -v flock >/dev/null; then ! flock -n .switchyard/dev.lock true; \
-		else ! python3 -c 'import fcntl, sys; fcntl.flock(open(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' .switchyard/dev.lock 2>/dev/null; fi; }; then \
+		else python3 -c 'import fcntl, sys; fcntl.flock(open(sys.argv[1]), fcntl.LOCK_EX | fcntl.LOCK_NB)' .switchyard/dev.lock 2>/dev/null; [ $$? -eq 1 ]; fi; }; then \
 		echo "make clean: a switchyard dev (make run) is running in this directory; stop it first, its state is in .switchyard/" >&2; \
 		exit 1; \
 	fi
