@@ -229,9 +229,8 @@ def test_a_param_below_a_renamed_field_of_another_shape_names_the_clients_field(
         param="response_format.json_schema.schema",
         vendor="openai",
     )
-    in_client_terms(
-        error, ClientAPI.OPENAI_RESPONSES, ClientAPI.OPENAI_CHAT_COMPLETIONS, {"input": "x"}
-    )
+    body = {"input": "x", "text": {"format": {"type": "json_schema", "name": "x"}}}
+    in_client_terms(error, ClientAPI.OPENAI_RESPONSES, ClientAPI.OPENAI_CHAT_COMPLETIONS, body)
     # Responses keeps its schema at `text.format.schema`: the field itself is named.
     assert error.param == "text.format"
     # The client's own data quoted in the message is left as it is, and only the field
@@ -248,7 +247,8 @@ def test_a_path_below_a_field_of_the_same_shape_is_kept() -> None:
     error = ProviderError(
         400, "invalid_request_error", "Invalid 'stop[5]'.", param="stop[5]", vendor="openai"
     )
-    in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, {})
+    body = {"stop_sequences": ["a", "b", "c", "d", "e", "f"]}
+    in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, body)
     assert error.param == "stop_sequences[5]"
     assert error.message == "Invalid 'stop[5]'."  # a plain word: no note
 
@@ -263,7 +263,8 @@ def test_a_deployment_refusing_the_renamed_field_itself_keeps_its_words() -> Non
         param="max_completion_tokens",
         vendor="openai",
     )
-    in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, {})
+    body = {"max_tokens": 1024}
+    in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, body)
     assert error.message.startswith(
         "Unrecognized request argument supplied: max_completion_tokens (Here"
     )
@@ -297,3 +298,26 @@ def test_a_same_named_field_keeps_its_param_only_when_the_client_sent_it() -> No
             error, ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.ANTHROPIC_MESSAGES, body
         )
         assert error.param == param
+
+
+def test_an_anthropic_refusals_path_is_in_openais_notation() -> None:
+    error = ProviderError(
+        400,
+        "invalid_request_error",
+        "stop_sequences.1: String should not be blank",
+        vendor="anthropic",
+    )
+    body = {"stop": ["END", " "]}
+    in_client_terms(error, ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.ANTHROPIC_MESSAGES, body)
+    assert error.param == "stop[1]"
+
+
+def test_a_field_the_client_did_not_send_is_no_param() -> None:
+    """A deployment's `default_max_tokens` refused is no `max_completion_tokens` of the
+    client's: no `param`, and no note naming one."""
+    message = "max_tokens: 100000 > 64000, which is the maximum allowed number of output tokens"
+    error = ProviderError(400, "invalid_request_error", message, vendor="anthropic")
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    in_client_terms(error, ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.ANTHROPIC_MESSAGES, body)
+    assert error.param is None
+    assert error.message == message

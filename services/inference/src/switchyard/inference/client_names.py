@@ -92,7 +92,13 @@ def _renames(client: ClientAPI, upstream: ClientAPI, body: Mapping[str, Any]) ->
     # Only a field the client sent: one of the same name the translation made (a
     # `tool_choice` from `parallel_tool_calls` alone) is not the client's.
     names = {name: name for name in SAME_NAMED.get((client, upstream), ()) if name in body}
-    names.update(RENAMED.get((client, upstream), {}))
+    # Nor is a renamed field the client did not send (a deployment's `default_max_tokens`
+    # is no `max_completion_tokens` of the client's).
+    names.update(
+        (name, client_name)
+        for name, client_name in RENAMED.get((client, upstream), {}).items()
+        if client_name.split(".", 1)[0] in body
+    )
     if (client, upstream) == (_CHAT, _MESSAGES) and "max_tokens" in body:
         # A Chat client may cap with either name: the one it sent.
         names["max_tokens"] = "max_tokens"
@@ -128,9 +134,10 @@ _MESSAGES_FIELD_PREFIX = re.compile(r"([a-z_]+(?:\.[a-z0-9_]+)*): ")
 
 
 def _messages_error_field(message: str) -> str | None:
-    """The request field an Anthropic refusal's `message` starts by naming, or None."""
+    """The request field an Anthropic refusal's `message` starts by naming, its array
+    positions in OpenAI's notation (`stop_sequences.0` is `stop_sequences[0]`), or None."""
     found = _MESSAGES_FIELD_PREFIX.match(message)
-    return found.group(1) if found else None
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", found.group(1)) if found else None
 
 
 def _distinctive(name: str) -> bool:
