@@ -156,7 +156,9 @@ class Attempts:
             # warning.
             client_side = outcome.error.status == 400 and not outcome.error.unhealthy
             if client_side:
-                refusal = outcome
+                # One whose details the client's SDK acts on is kept over a later one.
+                if refusal is None or not (refusal.error and refusal.error.details):
+                    refusal = outcome
             else:
                 failure = outcome
             (log.info if client_side else log.warning)(
