@@ -347,52 +347,6 @@ def test_calls_given_one_index_reach_a_responses_client_apart() -> None:
     assert calls == ONE_INDEX_CALLS
 
 
-def test_calls_given_one_index_reach_a_chat_client_and_its_record_apart() -> None:
-    # Passed through: the openai SDK's stream reader joins what one index gets into one
-    # call, as does the reply assembled for the record.
-    from openai.lib.streaming.chat import ChatCompletionStreamState
-    from openai.types.chat import ChatCompletionChunk
-
-    from switchyard.inference.adapters import _ChatPassThroughStream
-    from switchyard.inference.upstream import SSE
-
-    relay = _ChatPassThroughStream("m", include_usage=False)
-    state = ChatCompletionStreamState()
-    assembled = CompletionAccumulator()
-    for chunk in ONE_INDEX:
-        for event in relay.feed(SSE(event=None, data=json.loads(json.dumps(chunk)))):
-            assembled.add(event.data)
-            state.handle_chunk(ChatCompletionChunk.model_validate(event.data))
-
-    message = state.get_final_completion().choices[0].message
-    calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
-    assert calls == ONE_INDEX_CALLS
-    recorded = assembled.response()["choices"][0]["message"]["tool_calls"]
-    assert [
-        (c["id"], c["function"]["name"], c["function"]["arguments"]) for c in recorded
-    ] == ONE_INDEX_CALLS
-
-
-def test_a_call_whose_id_comes_again_at_its_index_stays_one_call() -> None:
-    # Some servers repeat a call's id in each of its deltas.
-    chunks = chunks_of(
-        {"tool_calls": [started(0, "call_a", "get_weather", '{"city": ')]},
-        {"tool_calls": [call(0, arguments='"Oslo"}', id="call_a")]},
-        {"tool_calls": [started(0, "call_b", "get_time", '{"zone": ')]},
-        {"tool_calls": [call(0, arguments='"CET"}', id="call_b")]},
-    )
-    expected = [
-        ("call_a", "get_weather", '{"city": "Oslo"}'),
-        ("call_b", "get_time", '{"zone": "CET"}'),
-    ]
-
-    _, message = anthropic_stream(chunks)
-    _, response = responses_stream(chunks)
-
-    assert [(b.id, b.name, json.dumps(b.input)) for b in message.content] == expected
-    assert [(i.call_id, i.name, i.arguments) for i in response.output] == expected
-
-
 def _passed_through(chunks: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
     """The calls a Chat Completions client's openai SDK assembles from `chunks` relayed,
     and those of the reply recorded for history: (id, name, arguments) each."""
@@ -414,6 +368,33 @@ def _passed_through(chunks: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]
     recorded = assembled.response()["choices"][0]["message"]["tool_calls"]
     record = [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in recorded]
     return sdk, record
+
+
+def test_calls_given_one_index_reach_a_chat_client_and_its_record_apart() -> None:
+    # Passed through: the openai SDK's stream reader joins what one index gets into one
+    # call, as does the reply assembled for the record.
+    sdk, record = _passed_through(ONE_INDEX)
+    assert sdk == record == ONE_INDEX_CALLS
+
+
+def test_a_call_whose_id_comes_again_at_its_index_stays_one_call() -> None:
+    # Some servers repeat a call's id in each of its deltas.
+    chunks = chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather", '{"city": ')]},
+        {"tool_calls": [call(0, arguments='"Oslo"}', id="call_a")]},
+        {"tool_calls": [started(0, "call_b", "get_time", '{"zone": ')]},
+        {"tool_calls": [call(0, arguments='"CET"}', id="call_b")]},
+    )
+    expected = [
+        ("call_a", "get_weather", '{"city": "Oslo"}'),
+        ("call_b", "get_time", '{"zone": "CET"}'),
+    ]
+
+    _, message = anthropic_stream(chunks)
+    _, response = responses_stream(chunks)
+
+    assert [(b.id, b.name, json.dumps(b.input)) for b in message.content] == expected
+    assert [(i.call_id, i.name, i.arguments) for i in response.output] == expected
 
 
 ONE_CALL_SHAPES = {

@@ -485,18 +485,23 @@ async def _email_free(service: AuthService, email: str) -> None:
     raise DuplicateEmail(f"A user with email {user.email} already exists.")
 
 
+# The options of the commands that take a password.
+PasswordOption = Annotated[str | None, typer.Option(help=PASSWORD_HELP)]
+PasswordStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin", help="Read the password from standard input (its first line)."
+    ),
+]
+
+
 @users_app.command("create")
 def create_user(
     email: Annotated[str, typer.Option(help="The user's email (their login name).")],
     tenant: Annotated[str, typer.Option(help="Tenant the user belongs to.")] = "default",
     role: Annotated[str, typer.Option(help="member or admin.")] = "member",
-    password: Annotated[str | None, typer.Option(help=PASSWORD_HELP)] = None,
-    password_stdin: Annotated[
-        bool,
-        typer.Option(
-            "--password-stdin", help="Read the password from standard input (its first line)."
-        ),
-    ] = False,
+    password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
     no_password: Annotated[
         bool, typer.Option("--no-password", help="A user who signs in only with API keys.")
     ] = False,
@@ -591,13 +596,8 @@ def _set_disabled(email: str, disabled: bool) -> None:
 @users_app.command("set-password")
 def set_password(
     email: Annotated[str, typer.Option(help="Email of the user.")],
-    password: Annotated[str | None, typer.Option(help=PASSWORD_HELP)] = None,
-    password_stdin: Annotated[
-        bool,
-        typer.Option(
-            "--password-stdin", help="Read the password from standard input (its first line)."
-        ),
-    ] = False,
+    password: PasswordOption = None,
+    password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Set a user's password (a forgotten or leaked one): every sign-in of theirs ends; their
     API keys stay valid. Without --password or --password-stdin it is asked for on the

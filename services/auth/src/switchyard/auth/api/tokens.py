@@ -12,6 +12,7 @@ No error ever contains a password or token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -30,8 +31,10 @@ from switchyard.auth.api.deps import (
 from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.metrics import LOGINS_THROTTLED, REFRESH_REQUESTS, REVOCATIONS, TOKEN_REQUESTS
+from switchyard.auth.models import User
 from switchyard.auth.names import fold_email
 from switchyard.auth.passwords import HashingBusy
+from switchyard.auth.ratelimit import LoginRateLimiter
 from switchyard.auth.service import AuthService, InvalidCredentials, InvalidGrant, TokenPair
 from switchyard.auth.tokens import InvalidToken
 from switchyard.common import jsonbody
@@ -147,6 +150,49 @@ def _validate(model: type[M], fields: Any) -> M:
         raise RequestValidationError(errors) from None
 
 
+async def _password_checked(
+    service: AuthService,
+    limits: LoginRateLimiter,
+    email: str,
+    password: str,
+    address: str,
+    refused: Callable[[InvalidCredentials], APIError],
+    throttled_message: str,
+) -> User:
+    """The user whose `email` and `password` these are, checked under the sign-in limits
+    of the account (the email as sign-in reads it: `fold_email`) and of the client
+    `address`. Raises APIError: 429 (`too_many_attempts`, `throttled_message`, with
+    Retry-After) over a limit or while too many hashes wait, `refused(...)` for wrong
+    credentials (a failure of the account)."""
+    account = fold_email(email)
+    throttled = limits.check(account, address)
+    if throttled is not None:
+        LOGINS_THROTTLED.labels(throttled.limit).inc()
+        raise APIError(
+            429,
+            throttled_message,
+            code="too_many_attempts",
+            headers={"Retry-After": str(throttled.retry_after_s)},
+        )
+    # The attempt counts as a failure of the account from here (`check`) unless it
+    # succeeds or ends without the password being checked.
+    verdict = False
+    try:
+        user = await service.authenticate(email, password)
+        verdict = True
+    except InvalidCredentials as exc:
+        verdict = True
+        raise refused(exc) from None
+    except HashingBusy:
+        LOGINS_THROTTLED.labels("hashing").inc()
+        raise busy_hashing() from None
+    finally:
+        if not verdict:
+            limits.abandoned(account, address)
+    limits.succeeded(account, address)
+    return user
+
+
 def busy_hashing() -> APIError:
     """The 429 error (code `too_many_attempts`, Retry-After 1 s) for a request refused because
     too many password hashes are already waiting."""
@@ -229,37 +275,20 @@ async def issue_token(
     except RequestValidationError:
         TOKEN_REQUESTS.labels("invalid_request").inc()
         raise
-    # As sign-in reads it (`normalise_email`): one account however its name is typed.
-    account = fold_email(grant.username)
-    limits = context.login_limits
-    throttled = limits.check(account, address)
-    if throttled is not None:
-        LOGINS_THROTTLED.labels(throttled.limit).inc()
-        raise APIError(
-            429,
-            "Too many sign-in attempts; retry later.",
-            code="too_many_attempts",
-            headers={"Retry-After": str(throttled.retry_after_s)},
-        )
-    # The attempt counts as a failure of the account from here (`check`) unless it
-    # succeeds or ends without the password being checked.
-    verdict = False
-    try:
-        user = await service.authenticate(grant.username, grant.password)
-        verdict = True
-    except InvalidCredentials as exc:
-        verdict = True
+
+    def refused(exc: InvalidCredentials) -> APIError:
         TOKEN_REQUESTS.labels("invalid_credentials").inc()
-        raise APIError(
-            401, str(exc), code="invalid_credentials", headers=_BEARER_CHALLENGE
-        ) from None
-    except HashingBusy:
-        LOGINS_THROTTLED.labels("hashing").inc()
-        raise busy_hashing() from None
-    finally:
-        if not verdict:
-            limits.abandoned(account, address)
-    limits.succeeded(account, address)
+        return APIError(401, str(exc), code="invalid_credentials", headers=_BEARER_CHALLENGE)
+
+    user = await _password_checked(
+        service,
+        context.login_limits,
+        grant.username,
+        grant.password,
+        address,
+        refused,
+        "Too many sign-in attempts; retry later.",
+    )
     pair = await service.sign_in(user)
     TOKEN_REQUESTS.labels("issued").inc()
     return _token_response(pair)
@@ -340,36 +369,24 @@ async def change_password(
     sign-in of theirs ends (this one stays), as it would were the password leaked; their
     API keys stay valid. Wrong current passwords count towards the sign-in limits of the
     account, so a stolen access token cannot be used to guess it."""
-    account = fold_email(user.email)
-    limits = context.login_limits
-    throttled = limits.check(account, address)
-    if throttled is not None:
-        LOGINS_THROTTLED.labels(throttled.limit).inc()
-        raise APIError(
-            429,
-            "Too many attempts; retry later.",
-            code="too_many_attempts",
-            headers={"Retry-After": str(throttled.retry_after_s)},
-        )
-    verdict = False
-    try:
-        await service.authenticate(user.email, body.current_password)
-        verdict = True
-    except InvalidCredentials:
-        verdict = True
-        raise APIError(
+
+    def refused(exc: InvalidCredentials) -> APIError:
+        return APIError(
             403,
             "The current password is incorrect.",
             param="current_password",
             code="incorrect_password",
-        ) from None
-    except HashingBusy:
-        LOGINS_THROTTLED.labels("hashing").inc()
-        raise busy_hashing() from None
-    finally:
-        if not verdict:
-            limits.abandoned(account, address)
-    limits.succeeded(account, address)
+        )
+
+    await _password_checked(
+        service,
+        context.login_limits,
+        user.email,
+        body.current_password,
+        address,
+        refused,
+        "Too many attempts; retry later.",
+    )
     try:
         await service.set_password(
             user.id, body.new_password, keep_session=claims.session_id, reason="logout"
