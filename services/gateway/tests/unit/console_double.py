@@ -190,6 +190,16 @@ class ConsoleDouble(AuthDouble):
             body = json.loads(request.read() or b"{}")
             self.refresh_tokens.pop(body.get("refresh_token") or "", None)
             return httpx.Response(204)
+        if path == "/v1/auth/password":
+            # As auth: the caller's current password, then the new one's length.
+            caller = self._caller(request)
+            if caller is None:
+                return self._error(401, "The access token is invalid or expired.", "invalid_token")
+            body = json.loads(request.read())
+            if body.get("current_password") != caller.password:
+                return self._error(403, "The current password is incorrect.", "incorrect_password")
+            caller.password = body["new_password"]
+            return httpx.Response(204)
         if path.startswith(("/v1/api-keys", "/v1/admin/", "/v1/me")):
             return self._auth_api(request, path, method)
         if path.startswith(("/v1/history", "/v1/usage", "/v1/jobs")):

@@ -358,7 +358,17 @@ async def test_a_throttled_sign_in_says_when_to_try_again(seconds, said):
 
 
 @pytest.mark.parametrize(
-    "path", ["/ui/", "/ui/usage", "/ui/requests", "/ui/keys", "/ui/teams", "/ui/jobs", "/ui/models"]
+    "path",
+    [
+        "/ui/",
+        "/ui/usage",
+        "/ui/requests",
+        "/ui/keys",
+        "/ui/teams",
+        "/ui/jobs",
+        "/ui/models",
+        "/ui/password",
+    ],
 )
 async def test_every_page_needs_a_sign_in(path):
     async with console() as gw:
@@ -1290,3 +1300,77 @@ async def test_a_turned_off_console_says_so_at_its_address():
     assert response.status_code == 404
     assert "the web console is turned off" in response.json()["error"]["message"]
     assert "SWITCHYARD_GATEWAY_CONSOLE_ENABLED" in response.json()["error"]["message"]
+
+
+async def change_password(gw, **fields: str):
+    page = await gw.client.get("/ui/password")
+    assert page.status_code == 200 and 'name="current_password"' in page.text
+    return await gw.client.post("/ui/password", data={"csrftoken": csrf_of(page.text), **fields})
+
+
+async def test_a_signed_in_user_changes_their_password_from_the_console():
+    async with console() as gw:
+        await sign_in(gw)
+        old = gw.auth.account("alice@acme.test").password
+        changed = await change_password(
+            gw,
+            current_password=old,
+            new_password="a new passphrase",
+            confirm_password="a new passphrase",
+        )
+        still_signed_in = await gw.client.get("/ui/keys")
+
+    assert changed.status_code == 200
+    assert 'id="password-changed"' in changed.text and "other sign-ins have ended" in changed.text
+    assert gw.auth.account("alice@acme.test").password == "a new passphrase"
+    sent = [r for r in gw.auth.recorded if r.url.path == "/v1/auth/password"]
+    assert len(sent) == 1 and sent[0].headers["authorization"].startswith("Bearer ")
+    assert "x-forwarded-for" in sent[0].headers  # auth's per-address limit
+    assert still_signed_in.status_code == 200  # this sign-in goes on
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "said"),
+    [
+        (
+            {"current_password": "wrong", "new_password": "a new passphrase",
+             "confirm_password": "a new passphrase"},
+            403,
+            "The current password is incorrect.",
+        ),
+        (
+            {"current_password": "x", "new_password": "a new passphrase",
+             "confirm_password": "another one"},
+            400,
+            "differ",
+        ),
+        ({"current_password": "x", "new_password": "short", "confirm_password": "short"}, 400,
+         "8 to 1024 characters"),
+        ({"current_password": "", "new_password": "", "confirm_password": ""}, 400,
+         "Enter your current password"),
+    ],
+)  # fmt: skip
+async def test_a_refused_password_change_says_why_and_changes_nothing(fields, status, said):
+    async with console() as gw:
+        await sign_in(gw)
+        old = gw.auth.account("alice@acme.test").password
+        refused = await change_password(gw, **fields)
+
+    assert refused.status_code == status
+    assert said in refused.text and 'id="password-changed"' not in refused.text
+    assert gw.auth.account("alice@acme.test").password == old
+    assert "a new passphrase" not in refused.text  # never echoed
+
+
+async def test_a_password_change_needs_a_sign_in_and_its_csrf_token():
+    async with console() as gw:
+        anonymous = await gw.client.get("/ui/password")
+        assert anonymous.status_code in (302, 303, 307)
+        await sign_in(gw)
+        forged = await gw.client.post(
+            "/ui/password",
+            data={"current_password": "x", "new_password": "a new passphrase",
+                  "confirm_password": "a new passphrase"},
+        )  # fmt: skip
+        assert forged.status_code == 403
+    assert not [r for r in gw.auth.recorded if r.url.path == "/v1/auth/password"]

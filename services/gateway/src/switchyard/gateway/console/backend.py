@@ -159,6 +159,22 @@ class ConsoleBackend:
             json={"refresh_token": refresh_token},
         )
 
+    async def change_password(
+        self, access_token: str, current_password: str, new_password: str, client_address: str
+    ) -> None:
+        """Change the signed-in user's password at auth (`POST /v1/auth/password`): their
+        other sign-ins end. BackendError 403 (`incorrect_password`) for a wrong current
+        password, 429 while auth throttles the account, 400 for a new password it
+        refuses."""
+        await self._call(
+            "auth",
+            "POST",
+            f"{self._auth_url}/v1/auth/password",
+            json={"current_password": current_password, "new_password": new_password},
+            # Auth's per-address limit uses it when it trusts this proxy.
+            headers={"authorization": f"Bearer {access_token}", "x-forwarded-for": client_address},
+        )
+
     async def principal(self, access_token: str) -> Principal:
         """The verified caller behind an access token, as the API would see it; raises the
         authenticator's AuthenticationError or AuthUnavailableError."""

@@ -291,6 +291,60 @@ async def login(
     return response
 
 
+@router.get("/password")
+async def password_page(request: Request, viewer: CurrentViewer) -> Response:
+    """The form to change the signed-in user's password."""
+    return render(request, "password.html", viewer, section="password")
+
+
+@router.post("/password")
+async def change_password(
+    request: Request,
+    viewer: CurrentViewer,
+    current_password: Annotated[str, Form(max_length=1024)] = "",
+    new_password: Annotated[str, Form(max_length=1024)] = "",
+    confirm_password: Annotated[str, Form(max_length=1024)] = "",
+) -> Response:
+    """Change the signed-in user's password at auth, given the current one: their other
+    sign-ins end, this one goes on. The page again, saying what went wrong (a wrong
+    current password counts towards the account's sign-in limits at auth)."""
+
+    def page(status: int, error: str | None = None) -> Response:
+        return render(
+            request,
+            "password.html",
+            viewer,
+            status,
+            section="password",
+            form_error=error,
+            changed=error is None,
+        )
+
+    if not current_password or not new_password:
+        return page(400, "Enter your current password and a new one.")
+    if new_password != confirm_password:
+        return page(400, "The new password and its repetition differ.")
+    if not 8 <= len(new_password) <= 1024:
+        return page(400, "A password has 8 to 1024 characters.")
+    address = request.client.host if request.client is not None else "unknown"
+    try:
+        await backend_of(request).change_password(
+            viewer.access_token, current_password, new_password, address
+        )
+    except BackendError as exc:
+        if exc.status == 403 and exc.code == "incorrect_password":
+            return page(403, "The current password is incorrect.")
+        if exc.status == 429:
+            response = page(429, f"Too many attempts; try again {_after(exc.retry_after)}.")
+            if exc.retry_after:
+                response.headers["Retry-After"] = exc.retry_after
+            return response
+        if exc.status >= 500:
+            raise
+        return page(exc.status, exc.message)
+    return page(200)
+
+
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     """End the sign-in at auth and drop the cookie."""
