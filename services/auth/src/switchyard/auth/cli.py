@@ -167,6 +167,35 @@ def _models_option(
     return models, rest
 
 
+def _update_options(
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    max_budget_usd: float | None,
+    budget_period: str | None,
+    max_parallel: int | None,
+    clear: list[str] | None,
+    cache: bool | None,
+    cache_ttl: int | None,
+    allowed_models: str | None,
+) -> tuple[dict[str, Any], list[str] | None | Literal[False], dict[str, Any]]:
+    """What `teams update` and `keys update` were asked to change: the cache opt-in patch
+    (`_cache_options`), the model list (`_models_option`) and the limits patch
+    (`_limit_options`), `--clear` shared out between them. Raises typer.Exit for
+    contradicting or unknown options."""
+    cache_patch, rest = _cache_options(cache, cache_ttl, clear)
+    models, rest = _models_option(allowed_models, rest)
+    limits = _limit_options(
+        rpm_limit,
+        tpm_limit,
+        max_budget_usd,
+        budget_period,
+        max_parallel,
+        rest,
+        _CLEARABLE_SETTINGS,
+    )
+    return cache_patch, models, limits
+
+
 def _describe_models(row: Any, unlisted: str) -> str:
     """The models of a team or key as its update prints them; `unlisted` says what a row
     without a list may call."""
@@ -779,16 +808,16 @@ def update_key(
 ) -> None:
     """Change a key's budget and rate limits, its allowed models and its response cache
     opt-in; every gateway applies them within a second."""
-    cache_patch, clear = _cache_options(cache, cache_ttl, clear)
-    models, clear = _models_option(allowed_models, clear)
-    limits = _limit_options(
+    cache_patch, models, limits = _update_options(
         rpm_limit,
         tpm_limit,
         max_budget_usd,
         budget_period,
         max_parallel,
         clear,
-        _CLEARABLE_SETTINGS,
+        cache,
+        cache_ttl,
+        allowed_models,
     )
 
     async def update(service: AuthService) -> Any:
@@ -1011,16 +1040,16 @@ def update_team(
     """Rename a team or change its limits, its allowed models and its response cache
     opt-in; every gateway applies them within a second (to its members' keys and tokens
     too)."""
-    cache_patch, clear = _cache_options(cache, cache_ttl, clear)
-    models, clear = _models_option(allowed_models, clear)
-    limits = _limit_options(
+    cache_patch, models, limits = _update_options(
         rpm_limit,
         tpm_limit,
         max_budget_usd,
         budget_period,
         max_parallel,
         clear,
-        _CLEARABLE_SETTINGS,
+        cache,
+        cache_ttl,
+        allowed_models,
     )
 
     async def update(service: AuthService) -> Any:

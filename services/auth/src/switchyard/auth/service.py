@@ -469,9 +469,7 @@ class AuthService:
         now = _utcnow()
         async with self._sessions() as session:
             store = AuthStore(session)
-            user = await store.user_by_id(user_id)
-            if user is None or (tenant is not None and user.tenant != tenant):
-                raise UserNotFound(f"No user with id {user_id}.")
+            user = await _user_in(store, user_id, tenant)
             if user.disabled == disabled:
                 return user
             user.disabled = disabled
@@ -910,9 +908,7 @@ class AuthService:
         now = _utcnow()
         async with self._sessions() as session:
             store = AuthStore(session)
-            user = await store.user_by_id(user_id)
-            if user is None or (tenant is not None and user.tenant != tenant):
-                raise UserNotFound(f"No user with id {user_id}.")
+            user = await _user_in(store, user_id, tenant)
             user.password_hash = password_hash
             for family in await store.active_families(user.id, now):
                 if family.id != keep_session:
@@ -1034,6 +1030,16 @@ class AuthService:
 
 # The longest a key may be made to last (ten years); longer, ask for no expiry.
 MAX_EXPIRY_DAYS = 3650
+
+
+async def _user_in(store: AuthStore, user_id: str, tenant: str | None) -> User:
+    """The user `user_id` (only within `tenant` when given), with their team. Raises
+    UserNotFound otherwise: another tenant's user is answered as one that does not
+    exist."""
+    user = await store.user_by_id(user_id)
+    if user is None or (tenant is not None and user.tenant != tenant):
+        raise UserNotFound(f"No user with id {user_id}.")
+    return user
 
 
 def check_tenant(tenant: str) -> None:
