@@ -139,6 +139,8 @@ def describe_settings_error(settings: type[BaseSettings], exc: ValidationError) 
     problem of no one field, such as a secret left at its default, as its message)."""
     problems = []
     for error in exc.errors():
+        if error["type"] == "default_factory_not_called":
+            continue  # a default built from a field refused: that field's error says why
         location = error["loc"]
         message = str(error["msg"]).removeprefix("Value error, ")
         if location:

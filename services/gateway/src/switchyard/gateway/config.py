@@ -96,11 +96,26 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_GATEWAY_")
 
     port: int = Field(default=8000, ge=1, le=65535)
+    # The other services' ports on this machine, which their URLs below default to when
+    # those are not set, so that services run apart find each other at the ports set.
+    auth_port: int = Field(
+        default=8001, ge=1, le=65535, validation_alias=env("SWITCHYARD_AUTH_PORT")
+    )
+    history_port: int = Field(
+        default=8002, ge=1, le=65535, validation_alias=env("SWITCHYARD_HISTORY_PORT")
+    )
+    inference_port: int = Field(
+        default=8003, ge=1, le=65535, validation_alias=env("SWITCHYARD_INFERENCE_PORT")
+    )
+    # Declared after the ports, which their defaults read (pydantic passes the fields
+    # validated so far to a default factory that takes them).
     auth_url: str = Field(
-        default="http://127.0.0.1:8001", validation_alias=env("SWITCHYARD_AUTH_URL")
+        default_factory=lambda data: f"http://127.0.0.1:{data['auth_port']}",
+        validation_alias=env("SWITCHYARD_AUTH_URL"),
     )
     history_url: str = Field(
-        default="http://127.0.0.1:8002", validation_alias=env("SWITCHYARD_HISTORY_URL")
+        default_factory=lambda data: f"http://127.0.0.1:{data['history_port']}",
+        validation_alias=env("SWITCHYARD_HISTORY_URL"),
     )
     routing_file: str | None = Field(default=None, validation_alias=env("SWITCHYARD_ROUTING_FILE"))
     routing_reload_interval_s: float = Field(
@@ -421,7 +436,7 @@ class Settings(ServiceSettings):
         description="A console sign-in ends after this long, however active.",
     )
     console_inference_metrics_urls: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8003/metrics"],
+        default_factory=lambda data: [f"http://127.0.0.1:{data['inference_port']}/metrics"],
         description="Comma-separated /metrics URLs of inference replicas, read by the "
         "console for circuit-breaker states (unreachable ones show as unknown).",
     )

@@ -156,11 +156,22 @@ class Settings(ServiceSettings):
     replay_poll_interval_s: float = Field(
         default=0.5, gt=0, le=HOUR_S, description="How often running replays are looked for."
     )
+    gateway_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("SWITCHYARD_GATEWAY_PORT"),
+        description="The gateway's port on this machine, which `gateway_url` defaults to "
+        "when it is not set (8000 when neither is).",
+    )
+    # Declared after `gateway_port`, which its default reads (pydantic passes the fields
+    # validated so far to a default factory that takes them).
     gateway_url: str = Field(
-        default="http://127.0.0.1:8000",
+        default_factory=lambda data: f"http://127.0.0.1:{data.get('gateway_port') or 8000}",
         validation_alias=AliasChoices("SWITCHYARD_HISTORY_GATEWAY_URL", "SWITCHYARD_GATEWAY_URL"),
         description="A gateway, which admits each replayed request against the budgets and "
-        "rate limits of whoever it is billed to; empty: replays are sent without admission.",
+        "rate limits of whoever it is billed to (by default the gateway's port on this "
+        "machine); empty: replays are sent without admission.",
     )
 
     @field_validator("gateway_url")

@@ -1,0 +1,62 @@
+"""The gateway run apart from the other services finds them at the ports they are set to
+(`SWITCHYARD_AUTH_PORT`, `..._HISTORY_PORT`, `..._INFERENCE_PORT`) unless their URLs are
+set, and a port it cannot use is refused in one line naming only that variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard.common.settings import SettingsError
+from switchyard.gateway.config import Settings
+
+VARIABLES = [
+    "SWITCHYARD_AUTH_PORT",
+    "SWITCHYARD_HISTORY_PORT",
+    "SWITCHYARD_INFERENCE_PORT",
+    "SWITCHYARD_AUTH_URL",
+    "SWITCHYARD_HISTORY_URL",
+    "SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    for variable in VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+
+
+def test_the_default_urls_are_the_default_ports() -> None:
+    settings = Settings()
+    assert settings.auth_url == "http://127.0.0.1:8001"
+    assert settings.history_url == "http://127.0.0.1:8002"
+    assert settings.console_inference_metrics_urls == ["http://127.0.0.1:8003/metrics"]
+
+
+def test_the_urls_follow_the_ports_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_AUTH_PORT", "9101")
+    monkeypatch.setenv("SWITCHYARD_HISTORY_PORT", "9102")
+    monkeypatch.setenv("SWITCHYARD_INFERENCE_PORT", "9103")
+    settings = Settings()
+    assert settings.auth_url == "http://127.0.0.1:9101"
+    assert settings.history_url == "http://127.0.0.1:9102"
+    assert settings.console_inference_metrics_urls == ["http://127.0.0.1:9103/metrics"]
+
+
+def test_a_url_set_wins_over_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_AUTH_PORT", "9101")
+    monkeypatch.setenv("SWITCHYARD_AUTH_URL", "http://auth.internal:8001")
+    assert Settings().auth_url == "http://auth.internal:8001"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "65536"])
+def test_a_bad_port_is_one_problem_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_INFERENCE_PORT", value)
+    with pytest.raises(SettingsError) as refused:
+        Settings()
+    message = str(refused.value)
+    assert message.startswith("SWITCHYARD_INFERENCE_PORT: ")
+    # The URL built from it is not blamed as well.
+    assert ";" not in message and "METRICS_URLS" not in message
