@@ -12,7 +12,7 @@ from switchyard.common.errorformat import error_type
 from switchyard.common.events import ClientAPI
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError
-from switchyard.inference.upstream import map_sdk_error, stream_error
+from switchyard.inference.upstream import map_sdk_error, status_error, stream_error
 
 DEPLOYMENT = Deployment(
     name="up", provider="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=0
@@ -80,7 +80,6 @@ def test_an_anthropic_stream_error_gets_the_status_its_type_stands_for(
     ("kind", "status"),
     [
         ("invalid_request_error", 400),
-        ("authentication_error", 401),
         ("rate_limit_error", 429),
         ("server_error", 500),
         ("timeout_error", 504),
@@ -91,6 +90,53 @@ def test_an_openai_stream_error_gets_the_status_its_type_stands_for(kind: str, s
     failure = stream_error(DEPLOYMENT, "openai", {"type": kind, "message": "no"})
 
     assert (failure.status, failure.type) == (status, kind)
+
+
+@pytest.mark.parametrize("protocol", ["anthropic", "openai"])
+@pytest.mark.parametrize(
+    ("kind", "status"), [("authentication_error", 401), ("permission_error", 403)]
+)
+def test_a_stream_refusing_the_credentials_is_the_same_502_as_its_status(
+    protocol: str, kind: str, status: int
+) -> None:
+    """Switchyard's key refused inside a stream is what it is answered with a status:
+    nothing the client can fix (not the client's own 401 or 403), no SDK retry, and the
+    next deployment is tried."""
+    error = {"type": kind, "message": "no access", "details": {"error_code": "some_code"}}
+    failure = stream_error(DEPLOYMENT, protocol, error)  # type: ignore[arg-type]
+    answered = status_error(status, {}, {"error": error}, "", DEPLOYMENT, protocol)  # type: ignore[arg-type]
+
+    for refused in (failure, answered):
+        assert (refused.status, refused.code) == (502, "upstream_auth_failed")
+        assert refused.should_retry is False
+        assert (refused.retryable, refused.retry_same) == (True, False)
+        assert refused.details == {"error_code": "some_code"}
+        assert f"(HTTP {status}: no access)" in refused.message
+
+
+def test_a_responses_stream_refusing_the_key_is_the_same_502() -> None:
+    error = {"type": "error", "code": "invalid_api_key", "message": "Incorrect API key"}
+    failure = stream_error(DEPLOYMENT, "openai", error)
+
+    assert (failure.status, failure.code, failure.should_retry) == (
+        502,
+        "upstream_auth_failed",
+        False,
+    )
+
+
+def test_a_stream_error_keeps_its_details() -> None:
+    """Anthropic's machine-readable part of an error inside a stream reaches the client,
+    as it does from an error answered with a status (the SDKs recover by it)."""
+    error = {
+        "type": "invalid_request_error",
+        "message": "user profile gone",
+        "details": {"error_code": "user_profile_not_found"},
+    }
+    failure = stream_error(DEPLOYMENT, "anthropic", error)
+
+    assert failure.status == 400
+    assert failure.details == {"error_code": "user_profile_not_found"}
 
 
 @pytest.mark.parametrize(

@@ -538,16 +538,7 @@ def status_error(
             retry_same=False,
         )
     if status in (401, 403):
-        # Our credentials were refused: the caller can do nothing about it, and retrying
-        # the same deployment cannot help; another deployment may.
-        return ProviderError(
-            502,
-            None,
-            f"Upstream deployment {name!r} refused Switchyard's credentials.",
-            code="upstream_auth_failed",
-            retryable=True,
-            retry_same=False,
-        )
+        return credentials_refused(name, status, message, details)
     if status == 429:
         # Busy, not broken: retried (after Retry-After) and fallen back from, but it
         # never counts against the circuit breaker.
@@ -630,6 +621,32 @@ def responses_code_status(code: str | None) -> int:
     return 400 if code.startswith(_CLIENT_CODE_PREFIXES) else 500
 
 
+def credentials_refused(
+    deployment: str, status: int, message: str, details: dict[str, Any] | None
+) -> ProviderError:
+    """The 502 `upstream_auth_failed` of an upstream refusing Switchyard's credentials
+    for `deployment` (its name) with HTTP `status` 401 or 403 (the key is wrong, or lacks
+    permission: a model the account cannot use, its spend limit reached), quoting the
+    upstream's `message` (redacted) and keeping its `details`. The caller can do nothing
+    about it: `x-should-retry: false` stops the SDKs' retries, which could not help
+    either; another deployment may (`retryable`, not `retry_same`)."""
+    refusal = "refused Switchyard's credentials" if status == 401 else "refused access"
+    return ProviderError(
+        502,
+        None,
+        f"Upstream deployment {deployment!r} {refusal} (HTTP {status}: {message})",
+        code="upstream_auth_failed",
+        retryable=True,
+        retry_same=False,
+        should_retry=False,
+        details=details,
+    )
+
+
+# Error types of a stream that stand for an upstream refusing Switchyard's credentials.
+_CREDENTIALS_REFUSED_TYPES = {"authentication_error": 401, "permission_error": 403}
+
+
 def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> ProviderError:
     """An error the upstream reported inside a stream (after its 200), with the status
     its type stands for (an Anthropic `overloaded_error` is a 529). A Responses API
@@ -652,8 +669,6 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
         status = 529
     if kind == "timeout_error":  # the upstream's own timeout: a 504 (retried), never a 408
         status = 504
-    if kind == "authentication_error":  # Anthropic's word, and many OpenAI-compatible servers'
-        status = 401
     if kind in ("server_error", "api_error"):
         status = 500
     retryable = status >= 500 or status == 429
@@ -662,6 +677,15 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
     # to a status).
     secrets = _secrets(deployment)
     message = redact(_str(error.get("message")) or "The stream failed.", secrets)
+    # Anthropic's machine-readable part, which its SDKs recover by, as for a status.
+    details = redacted_details(error.get("details"), secrets)
+    # Anthropic's word, and many OpenAI-compatible servers': as the same refusal answered
+    # with its status.
+    refused = _CREDENTIALS_REFUSED_TYPES.get(kind or "")
+    if code == "invalid_api_key":  # a Responses stream's `error` event says it so
+        refused = 401
+    if refused is not None or status in (401, 403):
+        return credentials_refused(deployment.name, refused or status, message, details)
     return ProviderError(
         status,
         _redacted_str(kind, secrets),
@@ -672,6 +696,7 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
         vendor=protocol,
         retryable=retryable,
         unhealthy=status >= 500,
+        details=details,
     )
 
 
