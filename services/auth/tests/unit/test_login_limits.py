@@ -230,3 +230,33 @@ async def test_failures_spread_over_many_addresses_lock_the_account_for_everyone
         owner = await attempt(auth, PASSWORD, headers={"x-forwarded-for": "198.51.100.7"})
         assert owner.status_code == 429
         assert owner.json()["error"]["code"] == "too_many_attempts"
+
+
+async def test_a_busy_hasher_is_told_apart_from_too_many_attempts(run_auth) -> None:
+    """A sign-in refused because too many passwords wait for the hasher is auth's load, not
+    the account's attempts: its own code, so a client (the console) can say which, and it
+    counts as no failure of the account."""
+    from argon2 import profiles
+
+    from switchyard.auth.passwords import HashingBusy, PasswordHasher
+
+    class BusyHasher(PasswordHasher):
+        busy = False
+
+        async def verify_async(self, password_hash: str | None, password: str) -> bool:
+            if self.busy:
+                raise HashingBusy
+            return await super().verify_async(password_hash, password)
+
+    hasher = BusyHasher(profiles.CHEAPEST)
+    async with run_auth(passwords=hasher) as harness:
+        await harness.service.create_user(email="alice@example.com", password=PASSWORD)
+        hasher.busy = True
+        limit = harness.settings.login_max_failures_per_account
+        for _ in range(limit + 1):
+            refused = await attempt(harness, PASSWORD)
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "passwords_busy"
+            assert refused.headers["retry-after"] == "1"
+        hasher.busy = False
+        assert (await attempt(harness, PASSWORD)).status_code == 200

@@ -54,6 +54,8 @@ class ConsoleDouble(AuthDouble):
     recorded: list[httpx.Request] = field(default_factory=list)
     # Seconds auth asks a throttled sign-in to wait; None: sign-ins are not throttled.
     sign_in_throttled_s: int | None = None
+    # The code of that 429: auth's `too_many_attempts`, or `passwords_busy` (its hasher).
+    sign_in_throttled_code: str = "too_many_attempts"
     # Claims every access token carries besides the usual ones (`allowed_models`...).
     token_claims: dict[str, Any] = field(default_factory=dict)
 
@@ -162,7 +164,9 @@ class ConsoleDouble(AuthDouble):
         path, method = request.url.path, request.method
         if path == "/v1/auth/token":
             if self.sign_in_throttled_s is not None:
-                throttled = self._error(429, "Too many sign-in attempts.", "rate_limited")
+                throttled = self._error(
+                    429, "Too many sign-in attempts.", self.sign_in_throttled_code
+                )
                 throttled.headers["Retry-After"] = str(self.sign_in_throttled_s)
                 return throttled
             form = {k: v[0] for k, v in parse_qs(request.read().decode()).items()}

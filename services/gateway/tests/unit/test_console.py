@@ -357,6 +357,19 @@ async def test_a_throttled_sign_in_says_when_to_try_again(seconds, said):
     assert f"Too many sign-in attempts; try again {said}." in response.text
 
 
+async def test_auth_busy_hashing_is_not_called_too_many_attempts():
+    """Auth's 429 while too many passwords wait for its hasher is nothing the user did:
+    the page does not blame their attempts."""
+    double = ConsoleDouble(sign_in_throttled_s=1, sign_in_throttled_code="passwords_busy")
+    async with console(double) as gw:
+        response = await sign_in(gw)
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert "Many people are signing in right now; try again in 1 second." in response.text
+    assert "Too many" not in response.text
+
+
 @pytest.mark.parametrize(
     "path",
     [

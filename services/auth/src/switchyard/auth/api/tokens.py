@@ -162,7 +162,8 @@ async def _password_checked(
     """The user whose `email` and `password` these are, checked under the sign-in limits
     of the account (the email as sign-in reads it: `fold_email`) and of the client
     `address`. Raises APIError: 429 (`too_many_attempts`, `throttled_message`, with
-    Retry-After) over a limit or while too many hashes wait, `refused(...)` for wrong
+    Retry-After) over a limit, 429 `passwords_busy` (`busy_hashing`) while too many
+    hashes wait, `refused(...)` for wrong
     credentials (a failure of the account)."""
     account = fold_email(email)
     throttled = limits.check(account, address)
@@ -194,12 +195,13 @@ async def _password_checked(
 
 
 def busy_hashing() -> APIError:
-    """The 429 error (code `too_many_attempts`, Retry-After 1 s) for a request refused because
-    too many password hashes are already waiting."""
+    """The 429 error (code `passwords_busy`, Retry-After 1 s) for a request refused because
+    too many password hashes are already waiting: auth's load, not the account's or the
+    address's attempts (`too_many_attempts`), so a client can say which."""
     return APIError(
         429,
-        "Too many sign-ins are being checked right now; retry shortly.",
-        code="too_many_attempts",
+        "Too many passwords are being checked right now; retry shortly.",
+        code="passwords_busy",
         headers={"Retry-After": "1"},
     )
 

@@ -236,6 +236,15 @@ def _after(retry_after: str | None) -> str:
     return f"in {minutes} minute{'s' if minutes != 1 else ''}"
 
 
+def _throttled(what: str, exc: BackendError) -> str:
+    """What a page says of auth's 429 `exc`: too many `what` (the account's or address's
+    limit), or auth busy checking other passwords (`passwords_busy`: nothing the user
+    did, and over in a moment)."""
+    if exc.code == "passwords_busy":
+        return f"Many people are signing in right now; try again {_after(exc.retry_after)}."
+    return f"Too many {what}; try again {_after(exc.retry_after)}."
+
+
 @router.post("/login")
 async def login(
     request: Request,
@@ -259,7 +268,7 @@ async def login(
         messages = {
             400: "Enter a valid email and password.",
             401: "Incorrect email or password.",
-            429: f"Too many sign-in attempts; try again {_after(exc.retry_after)}.",
+            429: _throttled("sign-in attempts", exc),
         }
         status = exc.status if exc.status in messages else 503
         page = sign_in_page(status, messages.get(exc.status, exc.message))
@@ -335,7 +344,7 @@ async def change_password(
         if exc.status == 403 and exc.code == "incorrect_password":
             return page(403, "The current password is incorrect.")
         if exc.status == 429:
-            response = page(429, f"Too many attempts; try again {_after(exc.retry_after)}.")
+            response = page(429, _throttled("attempts", exc))
             if exc.retry_after:
                 response.headers["Retry-After"] = exc.retry_after
             return response
