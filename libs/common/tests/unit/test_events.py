@@ -362,3 +362,34 @@ def test_no_bytes_fail_decoding_other_than_as_undecodable(raw) -> None:
         decode_event(raw)
     except EventDecodeError:
         pass
+
+
+def _nested(depth: int) -> object:
+    value: object = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [190, 210, 250])
+def test_every_event_the_serialiser_writes_is_read_back_however_deep(depth: int) -> None:
+    """An upstream's reply (or tool arguments parsed from it) nested deeper than pydantic's
+    JSON parser goes (200 levels) but within what the serialiser writes (254): published,
+    it must be read by every consumer, not skipped by the gateway and dead-lettered by
+    history while the client waits."""
+    from switchyard.common.bus.base import serialise
+    from switchyard.common.testing.events import chat_requested
+
+    event = chat_requested(body={"model": "m", "messages": [], "deep": _nested(depth)})
+
+    decoded = decode_event(serialise(event))
+
+    assert decoded == event
+
+
+def test_a_deep_document_that_is_no_event_is_still_refused() -> None:
+    raw = orjson.dumps({"type": "chat.requested", "deep": _nested(250)})
+    with pytest.raises(EventDecodeError):
+        decode_event(raw)
+    with pytest.raises(EventDecodeError):
+        decode_event(orjson.dumps(_nested(250)))

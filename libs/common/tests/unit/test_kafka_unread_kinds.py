@@ -85,3 +85,14 @@ def test_a_type_written_inside_a_string_is_not_the_events_own():
     forged = request(source='x"type":"chat.chunk"')
     assert b'\\"type\\":\\"chat.chunk' in forged
     assert not _unread_kind(record(forged, [("type", CHUNK)]), SKIPPED)
+
+
+def test_a_type_inside_data_written_first_is_not_the_events_own():
+    # JSON written by hand with `data` before the envelope's fields: the first `"type":"`
+    # is a reply's own, inside `data`. A completed reply with a chunk's header is decoded
+    # (and recorded), not passed over.
+    wire = (
+        b'{"data":{"api":"openai.chat_completions","response":{"type":"chat.chunk"}},'
+        b'"type":"chat.completed","id":"e","source":"x","tenant":"acme","request_id":"r"}'
+    )
+    assert not _unread_kind(record(wire, [("type", CHUNK)]), SKIPPED)

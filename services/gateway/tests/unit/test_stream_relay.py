@@ -347,3 +347,25 @@ async def test_the_missing_record_arriving_at_the_limit_lets_the_stream_drain(ha
 
     assert b"stream_interrupted" not in raw and b"[DONE]" in raw
     assert all(f"<{n}>".encode() in raw for n in range(7))
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE)]
+)
+async def test_an_outcome_arriving_with_a_record_still_missing_ends_the_stream_as_lost(
+    harness, path, body
+):
+    """A request's records travel ahead of its outcome on one partition: a record missing
+    when the outcome arrives never will (one nobody could read, or lost by a producer other
+    than inference). The client is told, not handed a whole-looking answer with a piece
+    out of its middle."""
+
+    async def gapped(request):
+        return [chunk(request, 0, "A "), chunk(request, 2, "C"), completed_reply(request, "A B C")]
+
+    harness.respond[0] = gapped
+    _, raw = await raw_stream(harness, path, body)
+
+    assert b"A " in raw and b'"C"' not in raw
+    assert b"stream_interrupted" in raw and b"lost" in raw
+    assert b"[DONE]" not in raw and b"message_stop" not in raw

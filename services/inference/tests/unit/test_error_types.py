@@ -188,3 +188,15 @@ def test_an_anthropic_client_gets_overloaded_as_anthropic_sends_it(error, status
     assert info.status == status
     assert info.type == ("overloaded_error" if status == 529 else "api_error")
     assert error.to_error_info(ClientAPI.OPENAI_CHAT_COMPLETIONS).status == 503
+
+
+def test_a_reply_refused_for_its_depth_is_not_called_too_large() -> None:
+    from switchyard.common.bus.base import EventRejectedError, EventTooLargeError
+    from switchyard.inference.errors import response_too_large
+
+    deep = response_too_large(EventRejectedError("the event cannot be serialised: Recursion"))
+    large = response_too_large(EventTooLargeError("over the topic's max.message.bytes"))
+
+    assert (deep.status, deep.code) == (large.status, large.code) == (502, "response_too_large")
+    assert "cannot carry it" in deep.message and "larger" not in deep.message
+    assert "larger than Switchyard carries" in large.message

@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     TypeAdapter,
+    ValidationError,
     model_serializer,
 )
 
@@ -542,9 +543,7 @@ class CachePurgedData(Contract):
     source_request_id: EventId | None = Field(
         default=None,
         exclude_if=lambda value: value is None,
-        description=(
-            "Only answers made by this request (its response was deleted); null: any."
-        ),
+        description=("Only answers made by this request (its response was deleted); null: any."),
     )
 
 
@@ -730,12 +729,28 @@ def decode_event(raw: bytes | str) -> Event:
         document = orjson.loads(raw)
     except Exception as exc:  # noqa: BLE001 - not JSON (or not bytes at all)
         raise EventDecodeError(str(first)) from exc
+    if _refused_as_json(first):
+        # JSON the serialiser wrote (`encode_event`: orjson, nested up to 254 levels) that
+        # pydantic's parser refuses (it stops at 200 levels): an upstream's reply or tool
+        # arguments may be that deep. Every event that can be published can be read.
+        try:
+            return _event_adapter.validate_python(document)
+        except Exception as exc:  # noqa: BLE001 - not an event, however deep
+            raise EventDecodeError(f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(document, dict) or document.get("schema_version") != 1:
         raise EventDecodeError(str(first)) from first
     try:
         return _event_adapter.validate_python(_upcast_v1(document))
     except Exception as exc:  # noqa: BLE001 - a version 1 shape of any kind
         raise EventDecodeError(f"version 1 event: {type(exc).__name__}: {exc}") from exc
+
+
+def _refused_as_json(error: Exception) -> bool:
+    """Whether pydantic refused a document as not JSON (`json_invalid`) rather than as
+    not an event: for bytes orjson reads, its parser's depth limit."""
+    return isinstance(error, ValidationError) and any(
+        detail["type"] == "json_invalid" for detail in error.errors()
+    )
 
 
 async def decode_event_off_loop(raw: bytes | str) -> Event:

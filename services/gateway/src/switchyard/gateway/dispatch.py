@@ -482,7 +482,8 @@ class Dispatch:
         duplicates dropped (a redelivered request answered twice), ending as the API ends
         a stream. A record of another `run` at a position not relayed yet ends the stream
         with an error instead: two executions are never spliced into one answer; so do
-        more than MAX_HELD_STREAM_RECORDS records waiting for a missing one."""
+        more than MAX_HELD_STREAM_RECORDS records waiting for a missing one, and the
+        outcome arriving while one is still missing (no answer is relayed with a gap)."""
         next_sequence = 0
         run: str | None = None
         early: dict[int, ChatChunk] = {}
@@ -508,7 +509,7 @@ class Dispatch:
                     early[data.sequence] = reply
                     if data.sequence != next_sequence and len(early) > MAX_HELD_STREAM_RECORDS:
                         log.warning("stream records missing", missing_from=next_sequence)
-                        yield self._stream_failure(self._interrupted_error())
+                        yield self._stream_failure(self._records_lost_error())
                         return
                     while next_sequence in early:
                         record = early.pop(next_sequence)
@@ -518,21 +519,27 @@ class Dispatch:
                         yield self._relayed(record.data.events)
             else:
                 self.finished = True
+                if early:
+                    # Records before these never arrived, and never will: a request's
+                    # records share one partition, in order, ahead of its outcome (one
+                    # no consumer could read, or lost by a producer other than inference).
+                    # Relaying what follows the gap would hand the client a whole-looking
+                    # answer with a piece missing: the stream ends with an error there.
+                    log.warning(
+                        "stream records missing", missing_from=next_sequence, held=len(early)
+                    )
+                    yield self._stream_failure(self._records_lost_error())
+                    return
                 if isinstance(reply, ChatCompleted):
                     self._answered()
-                if next_sequence == 0 and not early and isinstance(reply, ChatCompleted):
+                if next_sequence == 0 and isinstance(reply, ChatCompleted):
                     log.warning("stream completed without any stream event", api=self.api.value)
-                if early:
-                    # Records before these never arrived; what did is relayed in order.
-                    log.warning("stream records missing", missing_from=next_sequence)
-                    for sequence in sorted(early):
-                        yield self._relayed(early[sequence].data.events)
                 if isinstance(reply, ChatFailed):
                     yield self._stream_failure(reply.data.error)
                 else:
                     if self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
                         yield DONE
-                    if self.cache is not None and not early and isinstance(reply, ChatCompleted):
+                    if self.cache is not None and isinstance(reply, ChatCompleted):
                         self.gateway.cache.completed(self, reply)
                 return
             reply = None
@@ -781,6 +788,14 @@ class Dispatch:
             type=error_type(self.vendor, 504),
             code="deadline_exceeded",
             message="The request did not complete before its deadline.",
+        )
+
+    def _records_lost_error(self) -> ErrorInfo:
+        return ErrorInfo(
+            status=502,
+            type=error_type(self.vendor, 502),
+            code="stream_interrupted",
+            message="Part of the stream was lost on its way to the gateway; retry the request.",
         )
 
     def _interrupted_error(self) -> ErrorInfo:

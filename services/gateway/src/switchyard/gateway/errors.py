@@ -195,7 +195,9 @@ def error_response(
             sent["Retry-After"] = wait
         if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s >= 0:
             # The exact wait, which both official SDKs read before Retry-After.
-            sent.setdefault("retry-after-ms", str(min(round(retry_after_s * 1000), 86_400_000)))
+            # (Capped before it is scaled: a wait near a float's range overflows when
+            # multiplied.)
+            sent.setdefault("retry-after-ms", str(round(min(retry_after_s, 86_400) * 1000)))
     elif not sent["Retry-After"]:
         del sent["Retry-After"]  # the error said retrying would not help (an empty value)
     return Response(

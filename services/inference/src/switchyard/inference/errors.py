@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from switchyard.common.bus.base import EventTooLargeError
 from switchyard.common.errorformat import error_type
 from switchyard.common.events import ClientAPI, ErrorInfo
 
@@ -301,12 +302,17 @@ def invalid_request(
 
 def response_too_large(reason: BaseException, what: str = "reply") -> ProviderError:
     """The 502 `response_too_large` of an upstream's `what` (its reply, or part of its
-    stream) that the bus refuses to carry (`reason`): no retry could deliver it."""
+    stream) that the bus refuses to carry (`reason`: larger than the bus takes, or nested
+    deeper than an event may be): no retry could deliver it."""
+    why = (
+        "it is larger than Switchyard carries"
+        if isinstance(reason, EventTooLargeError)
+        else "Switchyard cannot carry it"
+    )
     return ProviderError(
         502,
         None,
-        f"The upstream's {what} could not be delivered: it is larger than Switchyard "
-        f"carries ({reason}).",
+        f"The upstream's {what} could not be delivered: {why} ({reason}).",
         code="response_too_large",
     )
 

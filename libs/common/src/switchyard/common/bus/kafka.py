@@ -1045,13 +1045,15 @@ _TYPE_SEARCH_BYTES = 4096
 def _unread_kind(record: ConsumerRecord, kinds: frozenset[bytes]) -> bool:
     """Whether `record` holds an event of one of `kinds` (type names, as bytes), told
     without decoding it: its one `type` header (the producer writes it) names one of them,
-    and so does the event itself, whose first `"type":"` key is the envelope's own (the
-    serialiser writes it before `data`, and a string's quotes are escaped). A record
-    whose header is missing, given twice or disagrees with its value is decoded, so a
-    header alone never makes an event go unread. (A value written by hand with its
-    `type` key twice would still be read by its last one: only a producer other than
-    Switchyard's serialiser writes such JSON, and one that can write to the topics can
-    write any event.)"""
+    and so does the event itself, whose first `"type":"` key is the envelope's own: the
+    serialiser writes it before `data`, after scalar fields only, and a string's quotes
+    are escaped; one found after a `{` past the opening one may be inside `data` (JSON
+    written by hand with `data` first), and the record is decoded. A record whose header
+    is missing, given twice or disagrees with its value is decoded, so a header alone
+    never makes an event go unread. (A value written by hand with its `type` key twice
+    would still be read by its last one: only a producer other than Switchyard's
+    serialiser writes such JSON, and one that can write to the topics can write any
+    event.)"""
     kind: bytes | None = None
     for name, value in record.headers or ():
         if name == "type":
@@ -1062,7 +1064,11 @@ def _unread_kind(record: ConsumerRecord, kinds: frozenset[bytes]) -> bool:
     if kind is None or kind not in kinds or value is None:
         return False
     at = value.find(b'"type":"', 0, _TYPE_SEARCH_BYTES)
-    return at >= 0 and value.startswith(kind + b'"', at + len(b'"type":"'))
+    return (
+        at >= 0
+        and value.find(b"{", 1, at) < 0
+        and value.startswith(kind + b'"', at + len(b'"type":"'))
+    )
 
 
 async def _decode(record: ConsumerRecord) -> Event:
