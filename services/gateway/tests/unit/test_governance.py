@@ -373,8 +373,10 @@ async def test_what_a_request_may_use_counts_token_ids_and_every_choice(
         ({"tpm_limit": 1000}, {**BODY, "max_tokens": 4096}, "lower max_tokens"),
         ({"tpm_limit": 3}, {"model": "m", "input": "many words " * 20}, "send less input"),
         ({"rpm_limit": 0}, BODY, "may make no requests"),
+        # No max_tokens could make a request fit a limit of 0 tokens.
+        ({"tpm_limit": 0}, {**BODY, "max_tokens": 1}, "may make no requests"),
     ],
-    ids=["tokens", "input-tokens", "requests"],
+    ids=["tokens", "input-tokens", "requests", "no-tokens"],
 )
 async def test_a_request_larger_than_the_whole_rate_limit_invites_no_retry(
     limits, body, words

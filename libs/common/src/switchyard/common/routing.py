@@ -140,6 +140,19 @@ _KIND_FIELDS: dict[str, frozenset[str]] = {
     # and Vertex AI take none inside `messages`).
     "mid_conversation_system_messages": frozenset({"anthropic"}),
 }
+# The `max_tokens` an Anthropic-protocol deployment is sent for a Chat Completions or
+# Responses request that set no output limit (the Messages API requires one), unless the
+# deployment's `default_max_tokens` or inference's setting says otherwise.
+DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
+# The thinking budget (`budget_tokens`) an OpenAI reasoning effort is sent to an
+# Anthropic-protocol deployment as, with `thinking_type` `enabled`.
+THINKING_BUDGET_BY_EFFORT: dict[str, int] = {
+    "minimal": 1024,
+    "low": 1024,
+    "medium": 4096,
+    "high": 16384,
+    "xhigh": 32768,
+}
 _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "azure_openai": ("base_url", "api_version"),
     "bedrock": ("region",),
@@ -354,6 +367,25 @@ class Deployment(_Strict):
     def protocol(self) -> WireProtocol:
         """The API family the deployment speaks natively: `openai` or `anthropic`."""
         return PROVIDER_PROTOCOLS[self.provider]
+
+    def uncapped_max_tokens(
+        self, effort: str | None, default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS
+    ) -> int | None:
+        """The `max_tokens` inference sends this deployment for an OpenAI client's request
+        that set no output limit, asking for reasoning `effort` (None or `none`: no
+        thinking), `default_max_tokens` being inference's default: None for OpenAI's
+        protocol (sent without one); for Anthropic's, the deployment's
+        `default_max_tokens` (else the default), raised above the thinking budget of
+        `effort` (`THINKING_BUDGET_BY_EFFORT`) with `thinking_type` `enabled` when it is
+        not above it. The gateway reserves budgets and token limits by it; inference's
+        translation sends it (or less, when it sends no thinking)."""
+        if self.protocol != "anthropic":
+            return None
+        cap = self.default_max_tokens or default_max_tokens
+        budget = THINKING_BUDGET_BY_EFFORT.get(effort or "none")
+        if budget is not None and self.thinking_type != "adaptive" and cap <= budget:
+            return budget + cap
+        return cap
 
     def api_key(self) -> str:
         """The key to send upstream. Raises RoutingError if the named variable is unset, so

@@ -45,7 +45,7 @@ from switchyard.gateway.api import (
 )
 from switchyard.gateway.api.admissions import admissions_router
 from switchyard.gateway.api.body import install_openapi_models
-from switchyard.gateway.bootstrap import Gateway, build
+from switchyard.gateway.bootstrap import Gateway, build, watch_prices
 from switchyard.gateway.config import Settings
 from switchyard.gateway.console.mount import install_console
 from switchyard.gateway.cors import install_cors
@@ -106,6 +106,9 @@ async def _start(stack: AsyncExitStack, gateway: Gateway, owned_bus: EventBus | 
     # The routing file, reloaded when it changes, as inference reloads it.
     watching = asyncio.create_task(gateway.routing_source.watch(settings.routing_reload_interval_s))
     stack.push_async_callback(cancel_and_wait, watching)
+    # So is the prices file, which admission reserves by.
+    pricing = asyncio.create_task(watch_prices(gateway, settings.routing_reload_interval_s))
+    stack.push_async_callback(cancel_and_wait, pricing)
     if settings.governance_preload_tokenizer:
         # In a thread, so that the first limited request does not wait for it.
         warming = asyncio.get_running_loop().run_in_executor(None, warm_up)

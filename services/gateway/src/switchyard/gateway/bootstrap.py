@@ -23,7 +23,7 @@ from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.db import SCHEMA_BEHIND
 from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.governance import BudgetClock
-from switchyard.common.pricing import PriceSource
+from switchyard.common.pricing import PriceError, PriceSource
 from switchyard.common.routing import Deployment, RoutingSource, RoutingTable
 from switchyard.common.sliding_window import SlidingWindowLimiter
 from switchyard.common.topics import Topics
@@ -80,6 +80,9 @@ class Gateway:
     revocations: RevocationSync | None = None
     # Budgets and rate limits (governance/admission.py).
     admission: Admission | None = None
+    # The price table admission reserves by, reloaded when its file changes (`watch_prices`),
+    # as inference reloads the one it bills by.
+    price_source: PriceSource | None = None
     governance_listeners: list[Subscription] = field(default_factory=list)
     # Where job webhooks may point (checked at POST /v1/jobs; history checks again).
     webhook_policy: TargetPolicy = field(default_factory=TargetPolicy)
@@ -271,6 +274,7 @@ def build(
     # After the authenticator's own hooks (its caches are purged first).
     authenticator.revocations.add_hook(gateway.end_revoked_requests)
     authenticator.revocations.add_loaded_hook(gateway.end_revoked_requests)
+    gateway.price_source = PriceSource(settings.prices_file)
     gateway.admission = Admission(
         ledger=ledger if ledger is not None else build_ledger(settings),
         # Read through the gateway at each call, so a test that swaps `gateway.http`
@@ -283,7 +287,7 @@ def build(
             stale_if_error_s=settings.auth_stale_if_error_s,
             outage=authenticator.outage,
         ),
-        prices=PriceSource(settings.prices_file).table,
+        prices=gateway.price_source.table,
         # Read at each request: the routing file is reloaded when it changes.
         deployments_of=lambda model: _route_deployments(gateway.routing, model),
         replica=settings.instance_id,
@@ -292,8 +296,29 @@ def build(
         heartbeat_s=settings.governance_heartbeat_s,
         reap_after_s=settings.governance_reap_after_s,
         settled_remembered=settings.governance_settled_remembered,
+        anthropic_default_max_tokens=settings.anthropic_default_max_tokens,
     )
     return gateway
+
+
+async def watch_prices(gateway: Gateway, interval_s: float) -> None:
+    """Reload the prices file every `interval_s` seconds when it changed, until cancelled,
+    and give admission the new table: budgets and token limits reserve at the prices
+    inference bills at (it reloads the same file). An invalid file is logged and the
+    previous table kept."""
+    source = gateway.price_source
+    if source is None or not source.path or interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if source.reload_if_changed() and gateway.admission is not None:
+                gateway.admission.prices = source.table
+                log.info("price table reloaded", path=source.path)
+        except PriceError as exc:
+            log.error("price file not reloaded; keeping the previous table", error=str(exc))
+        except Exception:  # noqa: BLE001 - a bug must not stop the watcher
+            log.exception("price reload failed")
 
 
 def _route_deployments(routing: RoutingTable, model: str) -> Sequence[Deployment]:

@@ -18,6 +18,7 @@ from switchyard.common.db import (
 )
 from switchyard.common.egress import networks_setting
 from switchyard.common.events import MAX_JWT_LEEWAY_S, ClientAPI
+from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS
 from switchyard.common.settings import (
     DAY_S,
     GIB,
@@ -118,13 +119,22 @@ class Settings(ServiceSettings):
         validation_alias=env("SWITCHYARD_HISTORY_URL"),
     )
     routing_file: str | None = Field(default=None, validation_alias=env("SWITCHYARD_ROUTING_FILE"))
+    anthropic_default_max_tokens: int = Field(
+        default=DEFAULT_ANTHROPIC_MAX_TOKENS,
+        ge=1,
+        le=1_000_000,
+        validation_alias=env("SWITCHYARD_INFERENCE_ANTHROPIC_DEFAULT_MAX_TOKENS"),
+        description="Inference's setting, read by the gateway too: the max_tokens inference "
+        "sends Anthropic deployments for a request without one, which budgets and token "
+        "limits reserve for such a request.",
+    )
     routing_reload_interval_s: float = Field(
         default=5.0,
         ge=0,
         le=DAY_S,
-        description="How often the routing file is checked for changes, as inference does "
-        "(0: never after start-up): /v1/models and the unknown-model check follow an edit "
-        "within this interval.",
+        description="How often the routing and prices files are checked for changes, as "
+        "inference does (0: never after start-up): /v1/models, the unknown-model check and "
+        "the prices budgets reserve by follow an edit within this interval.",
     )
     simulator_url: str = Field(
         default="http://127.0.0.1:8099/v1", validation_alias=env("SWITCHYARD_SIMULATOR_URL")

@@ -41,7 +41,7 @@ from typing_extensions import override
 
 from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, TokenUsage
 from switchyard.common.responses import response_id, usage_object
-from switchyard.common.routing import Deployment
+from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS, Deployment
 from switchyard.inference.errors import ProviderError, invalid_request
 from switchyard.inference.tokens import (
     estimate_chat_input_tokens,
@@ -49,7 +49,6 @@ from switchyard.inference.tokens import (
     estimate_responses_input_tokens,
 )
 from switchyard.inference.translate import (
-    DEFAULT_ANTHROPIC_MAX_TOKENS,
     TRANSLATED_THINKING_SIGNATURE,
     AnthropicToolIds,
     ChatChunksToMessageEvents,

@@ -54,10 +54,8 @@ from switchyard.common.output_schema import (
     open_object,
     strict_violation,
 )
+from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS, THINKING_BUDGET_BY_EFFORT
 from switchyard.inference.usage import delta_chars
-
-# Anthropic requires max_tokens; OpenAI requests often leave it out.
-DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 
 _FINISH_BY_STOP_REASON = {
     "end_turn": "stop",
@@ -1365,7 +1363,7 @@ _CHAT_NO_OPS: dict[str, tuple[Any, ...]] = {
     "store": (False,),
     "service_tier": ("auto", "default"),
 }
-_BUDGET_BY_EFFORT = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+_BUDGET_BY_EFFORT = THINKING_BUDGET_BY_EFFORT
 # An OpenAI reasoning effort as Anthropic's `output_config.effort`, for adaptive thinking
 # (Anthropic has no `minimal`: its least is `low`).
 ANTHROPIC_EFFORT_BY_EFFORT = {

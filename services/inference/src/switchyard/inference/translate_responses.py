@@ -48,8 +48,8 @@ from switchyard.common.responses import (
     upstream_item,
     usage_object,
 )
+from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS, THINKING_BUDGET_BY_EFFORT
 from switchyard.inference.translate import (
-    DEFAULT_ANTHROPIC_MAX_TOKENS,
     INPUT_IMAGE_DETAILS,
     OPENAI_SERVICE_TIERS,
     REASONING_FIELDS,
@@ -101,7 +101,7 @@ from switchyard.inference.usage import delta_chars
 SERVED_FIELDS = ("previous_response_id", "background", "store", "metadata")
 # Built-in tools of the Responses API (OpenAI runs them); only a deployment that passes
 # the request through to OpenAI's Responses API can offer them.
-_EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+_EFFORT_BUDGETS = THINKING_BUDGET_BY_EFFORT
 _INCLUDE_REFUSED = frozenset({"message.output_text.logprobs"})
 # `reasoning.summary` (and its older name `generate_summary`) as OpenAI takes it.
 _SUMMARY_MODES = ("auto", "concise", "detailed")

@@ -51,7 +51,7 @@ from switchyard.common.errors import APIError
 from switchyard.common.events import ClientAPI, Event, LimitsChanged, UsageRecorded
 from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
 from switchyard.common.pricing import PriceTable
-from switchyard.common.routing import Deployment
+from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS, Deployment
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.text import quantity
 from switchyard.gateway.governance.estimate import Estimate, estimate, estimate_without_blocking
@@ -270,7 +270,8 @@ class Refused(APIError):
             if needed is not None and needed > limit:
                 # More than the whole limit: no window will ever admit it, so no retry
                 # (no Retry-After, and the SDKs skip retrying on `x-should-retry`).
-                if kind != "tokens":
+                if kind != "tokens" or limit <= 0:
+                    # (A tokens limit of 0 admits nothing, however short the request.)
                     message = f"The {who} may make no requests: its limit is {what}."
                 elif output:
                     message = (
@@ -513,12 +514,16 @@ class Admission:
         deployments_of: Callable[[str], Sequence[Deployment]] | None = None,
         store_backoff_s: float = STORE_BACKOFF_S,
         settled_remembered: int = 10_000,
+        anthropic_default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
     ) -> None:
         """`settled_remembered`: how many settled requests this replica remembers (the
-        most recent), so that the usage of another run of one of them still counts."""
+        most recent), so that the usage of another run of one of them still counts;
+        `anthropic_default_max_tokens`: inference's, the `max_tokens` it sends an
+        Anthropic-protocol deployment for a request without a cap (`estimate`)."""
         self.ledger = ledger
         self.policies = policies
         self.prices = prices
+        self.anthropic_default_max_tokens = anthropic_default_max_tokens
         # A public model's deployments (its route's), which price a request as inference
         # will (`estimate`); none known: the public model's own price.
         self.deployments_of = deployments_of or (lambda model: ())
@@ -611,6 +616,7 @@ class Admission:
                 self.prices,
                 embeddings=embeddings,
                 deployments=self.deployments_of(model),
+                anthropic_default_max_tokens=self.anthropic_default_max_tokens,
             )
         needs = self._needs(policy, model, body, embeddings, cost, billed=billed)
         # Each round either admits, refuses (a refill found the counter exhausted), or
@@ -644,7 +650,12 @@ class Admission:
         event loop: only for a need `admit` did not estimate first (it does, off the loop
         for a large body, whenever a level limits tokens or spend)."""
         return estimate(
-            model, body, self.prices, embeddings=embeddings, deployments=self.deployments_of(model)
+            model,
+            body,
+            self.prices,
+            embeddings=embeddings,
+            deployments=self.deployments_of(model),
+            anthropic_default_max_tokens=self.anthropic_default_max_tokens,
         )
 
     def _needs(

@@ -1,8 +1,10 @@
 """What a request may use at most, before it runs: its prompt tokens (counted with the
 `o200k_base` BPE of OpenAI's current models, from the `bpe-openai` package, which ships
 its vocabulary so no network is needed), its output cap (`max_tokens`,
-`max_completion_tokens` or `max_output_tokens`, else the model's default from the price
-table), and the price of both. Reservations use these; the usage event settles them.
+`max_completion_tokens` or `max_output_tokens`, else the most of the model's default from
+the price table and the `max_tokens` inference sends its Anthropic-protocol deployments
+for a request without a cap, thinking budget included: `Deployment.uncapped_max_tokens`),
+and the price of both. Reservations use these; the usage event settles them.
 
 The counter reads every text of the request wherever the API puts it (Chat Completions'
 `messages`, Anthropic's `system` and `messages`, the Responses API's `instructions` and
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from switchyard.common.pricing import Price, PriceTable
-from switchyard.common.routing import Deployment
+from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS, Deployment
 from switchyard.common.tokenizer import SCHEMA_FIELDS, TokenCounter, encoding, json_text
 
 # Per message: the tokens chat formats add around each message (OpenAI's cookbook: 3-4).
@@ -165,6 +167,33 @@ def output_cap(body: dict[str, Any], default: int) -> int:
     return max(caps, default=default)
 
 
+def reasoning_effort(body: dict[str, Any]) -> str | None:
+    """The reasoning effort an OpenAI client asks for: Chat Completions'
+    `reasoning_effort`, the Responses API's `reasoning.effort`; None without one."""
+    effort = body.get("reasoning_effort")
+    if effort is None and isinstance(reasoning := body.get("reasoning"), dict):
+        effort = reasoning.get("effort")
+    return effort if isinstance(effort, str) else None
+
+
+def uncapped_output(
+    model: str,
+    body: dict[str, Any],
+    prices: PriceTable,
+    deployments: Sequence[Deployment],
+    anthropic_default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
+) -> int:
+    """The most output tokens a request to `model` that sets no cap may produce on any of
+    `deployments`: the price table's default for the model (what a deployment of
+    OpenAI's protocol, sent no cap, is reckoned to stop at), or the `max_tokens` inference
+    sends an Anthropic-protocol one (its `default_max_tokens`, else
+    `anthropic_default_max_tokens`, raised above a reasoning effort's thinking budget),
+    whichever is larger."""
+    effort = reasoning_effort(body)
+    sent = (d.uncapped_max_tokens(effort, anthropic_default_max_tokens) for d in deployments)
+    return max([prices.max_output_tokens(model), *(n for n in sent if n is not None)])
+
+
 @dataclass(frozen=True)
 class Estimate:
     """The most a request can use: tokens (input + output) and US dollars."""
@@ -180,9 +209,12 @@ def estimate(
     *,
     embeddings: bool,
     deployments: Sequence[Deployment] = (),
+    anthropic_default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
 ) -> Estimate:
     """The reservation for one request to `model`, served by one of `deployments` (its
-    route's): priced as inference will price it (`PriceTable.price` with the deployment,
+    route's), whose output without a cap of its own is `uncapped_output` (given
+    inference's `anthropic_default_max_tokens`): priced as inference will price it
+    (`PriceTable.price` with the deployment,
     its upstream model and provider), at the dearest of them, since any may serve it; the
     public model's own price when none is given. Its input is priced at the dearest rate
     it can be billed at (`Price.most`): a prompt-cache write's where the request may
@@ -190,7 +222,15 @@ def estimate(
     an hour's write's where a marker asks for `ttl: "1h"`. Blocking (`prompt_tokens`):
     see `estimate_without_blocking`."""
     prompt, parts = _prompt_tokens(body)
-    output = 0 if embeddings else output_cap(body, prices.max_output_tokens(model)) * choices(body)
+    output = (
+        0
+        if embeddings
+        else output_cap(
+            body,
+            uncapped_output(model, body, prices, deployments, anthropic_default_max_tokens),
+        )
+        * choices(body)
+    )
     candidates: list[tuple[Price | None, str | None]] = [
         (
             prices.price(model, deployment=d.name, upstream_model=d.model, provider=d.provider),
@@ -223,14 +263,20 @@ async def estimate_without_blocking(
     *,
     embeddings: bool,
     deployments: Sequence[Deployment] = (),
+    anthropic_default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
 ) -> Estimate:
     """`estimate`, on the event loop for a body of up to INLINE_CHARS characters of text,
     in a worker thread for a larger one (counting a 40 MB body's tokens on the loop held
     every other request for seconds)."""
-    if prompt_chars(body) <= INLINE_CHARS:
-        return estimate(model, body, prices, embeddings=embeddings, deployments=deployments)
-    return await asyncio.to_thread(
-        functools.partial(
-            estimate, model, body, prices, embeddings=embeddings, deployments=deployments
-        )
+    run = functools.partial(
+        estimate,
+        model,
+        body,
+        prices,
+        embeddings=embeddings,
+        deployments=deployments,
+        anthropic_default_max_tokens=anthropic_default_max_tokens,
     )
+    if prompt_chars(body) <= INLINE_CHARS:
+        return run()
+    return await asyncio.to_thread(run)
