@@ -780,3 +780,24 @@ def test_a_budget_stored_below_the_floor_does_not_block_another_limits_change() 
     assert _merged(row, {"rpm_limit": 60}).rpm_limit == 60  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
         _merged(row, {"max_budget_usd": 5e-324})  # type: ignore[arg-type]
+
+
+async def test_names_that_look_alike_in_capitals_or_spacing_are_one_name(auth_app, acme) -> None:
+    """`0ps` beside `ops` (`0` and `O` look alike; small `o` does not look like `0`), and
+    a name with its spaces doubled: the same name to anyone reading a list of teams."""
+    headers = acme["admin_headers"]
+    for name in ("ops", "olga", "Cool Team", "AI Team"):
+        created = await auth_app.client.post(
+            "/v1/admin/teams", json={"name": name}, headers=headers
+        )
+        assert created.status_code == 201, (name, created.text)
+    for name in ("0ps", "0PS", "0lga", "C00l Team", "AI  Team"):
+        twin = await auth_app.client.post("/v1/admin/teams", json={"name": name}, headers=headers)
+        error = assert_error(twin, 409, "team_exists")
+        assert "looks like" in error["message"], (name, error)
+    # Names that differ are still names of their own.
+    for name in ("opt", "Ops 2", "Olga B"):
+        created = await auth_app.client.post(
+            "/v1/admin/teams", json={"name": name}, headers=headers
+        )
+        assert created.status_code == 201, (name, created.text)

@@ -178,3 +178,28 @@ def test_a_url_of_no_driver_names_the_variable(run, monkeypatch: pytest.MonkeyPa
     assert line.startswith(
         "error: DATABASE_URL is not a usable database URL for the limit ledger ("
     )
+
+
+def test_a_period_that_is_over_is_not_shown_as_current(run, tmp_path: Path) -> None:
+    """A daily budget's counter whose day ended says nothing of today's spend (none until
+    today's first request): it is not shown as the current period."""
+    import time
+
+    path = _embedded_ledger(tmp_path)
+    now = time.time()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO governance_counters (scope, kind, window_start, window_end, "
+            "limit_value, committed, spent, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ("team:ended", "spend", now - 200, now - 100, 1.0, 0.5, 0.5, "2026-01-01 00:00:00"),
+        )
+        db.execute(
+            "INSERT INTO governance_counters (scope, kind, window_start, window_end, "
+            "limit_value, committed, spent, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ("team:today", "spend", now - 100, now + 100, 1.0, 0.25, 0.25, "2026-01-01 00:00:00"),
+        )
+    result = run("--group-by", "team", "--json")
+
+    assert result.exit_code == 0, result.output
+    shown = {json.loads(line)["id"] for line in result.stdout.splitlines()}
+    assert shown == {"research", "today"}

@@ -783,7 +783,7 @@ async def _refuse_taken_name(
     # beside `Ops`): every page and log would show two teams of one name.
     looks = looks_of(name)
     for team in teams:
-        if (renaming is None or team.id != renaming.id) and looks_of(team.name) == looks:
+        if (renaming is None or team.id != renaming.id) and looks_of(team.name) & looks:
             raise DuplicateTeam(
                 f"Tenant {tenant} already has a team named {team.name!r}, which {name!r} "
                 "looks like (names are compared by their look-alike letters too)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -56,7 +57,10 @@ async def spend_rows(
     """The budget spend counters of `level` (`key`, `user`, `team` or `tenant`) in the
     ledger at `database_url` (`store`: `postgres`, the fleet's, or `sqlite`, one
     machine's; by default the kind of the URL), one dict per counter (ids, USD amounts,
-    period)."""
+    period), of periods not over yet: a counter whose period ended says nothing of the
+    current one, which has no spend until its first request. `max_budget_usd` is the
+    budget as the gateway last charged the counter (a change takes effect, and shows
+    here, at the next request charged to it; `GET /v1/spend` reads the current one)."""
     from sqlalchemy.engine import make_url
 
     from switchyard.gateway.governance.ledger import Ledger
@@ -77,10 +81,13 @@ async def spend_rows(
     finally:
         await ledger.close()
     rows = []
+    now = time.time()
     for counter in counters:
         counter_level, _, scope_id = counter.scope.partition(":")
         if counter.kind != "spend" or counter_level != level:
             continue
+        if counter.window_end is not None and counter.window_end <= now:
+            continue  # a period over: its budget has started again
         rows.append(
             {
                 "level": counter_level,
@@ -103,7 +110,9 @@ def spend(
 ) -> None:
     """Spend against budget in the current period, by key, user, team or tenant, from the
     ledger the gateway keeps (PostgreSQL, or the SQLite file of embedded mode and of a
-    gateway on SQLite)."""
+    gateway on SQLite). The budget shown is the one the last request was charged
+    against: a changed or removed budget shows at the next request (GET /v1/spend and the
+    console read the current ones)."""
     if group_by not in LEVEL_OPTIONS:
         typer.echo(f"error: --group-by takes one of {', '.join(LEVEL_OPTIONS)}", err=True)
         raise typer.Exit(code=1)
