@@ -213,3 +213,31 @@ async def test_two_events_under_one_id_in_one_batch_are_both_recorded(recorder, 
     assert_answered(row, request)
     assert await tables.request(request.request_id) == row
     assert await tables.event_count() == 5
+
+
+async def test_a_usage_record_under_its_replys_id_is_recorded_not_taken_for_a_copy(
+    recorder, tables, events, engine, queries
+):
+    """An event of the request's own tenant and request, but of another type, under the
+    id of one stored: not the same event (a usage record is no copy of a reply), so it is
+    stored under an id derived from its type too, counted, and its own redelivery is still
+    recognised. It was dropped as a duplicate: the row kept the reply's tokens and no
+    cost."""
+    request = events.requested()
+    reply = events.completed(request, answer="4")
+    usage = events.usage(request, input_tokens=7, cost_usd=0.01).model_copy(update={"id": reply.id})
+    before = counted("switchyard_history_event_id_collisions_total", type="usage.recorded")
+
+    await recorder.record([request, reply])
+    await recorder.record([usage])
+
+    row = await tables.request(request.request_id)
+    assert_answered(row, request)
+    assert await tables.event_count() == 3
+    assert counted("switchyard_history_event_id_collisions_total", type="usage.recorded") == (
+        before + 1
+    )
+    await recorder.record([usage, reply])
+    assert await tables.event_count() == 3
+    assert await tables.request(request.request_id) == row
+    assert await usage_of(engine, queries, "acme") == [(1, 1, 0, 7, 0.01)]

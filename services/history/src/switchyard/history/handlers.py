@@ -227,7 +227,13 @@ class EventRecorder:
                 and_(e.tenant == tenant, e.request_id == request_id, e.event_id.in_(ids))
                 for tenant, request_id in replaced
                 for expiry in [expiry_event_id(request_id)]
-                for ids in [[expiry, collision_id(expiry, tenant, request_id)]]
+                for ids in [
+                    [
+                        expiry,
+                        collision_id(expiry, tenant, request_id),
+                        collision_id(expiry, tenant, request_id, "chat.failed"),
+                    ]
+                ]
             ]
             await connection.execute(delete(events_table).where(or_(*expiries)))
             metrics.OUTCOMES_SUPERSEDED.labels("expiry_replaced").inc(len(replaced))
@@ -327,11 +333,13 @@ class EventRecorder:
         (`_Writer.insert_events`).
 
         An event is a copy of a stored one only if it is the same event: the same id for
-        the same tenant and request. Event ids are public (every event is on the topics, and
+        the same tenant, request and type. Event ids are public (every event is on the topics, and
         inference derives a reply's and a usage record's from their request's), so a
         producer can write an event under the id another tenant's event will come with;
         that event is then stored under an id derived from its id, tenant and request
-        (`collision_id`), where a redelivered copy of it finds it again. Only ids that
+        (`collision_id`; and its type, when the id's event is of its own tenant and
+        request: a usage record under its reply's id), where a redelivered copy of it
+        finds it again. Only ids that
         conflicted are looked up: a batch of new events costs nothing more."""
         ids = [event.id for event in events]
         rows = {
@@ -346,7 +354,7 @@ class EventRecorder:
         )
         new = {index for index in first if ids[index] in inserted}
         conflicted = [index for index in first if index not in new] + later
-        taken_by: dict[int, tuple[str, str]] = {}
+        taken_by: dict[int, tuple[str, str, str]] = {}
         for attempt in range(_COLLISION_ATTEMPTS):
             if not conflicted:
                 break
@@ -354,14 +362,21 @@ class EventRecorder:
             retry: list[int] = []
             for index in conflicted:
                 event, owner = events[index], owners.get(ids[index])
-                if owner == (event.tenant, event.request_id):
+                if owner == (event.tenant, event.request_id, event.type):
                     continue  # a copy of a stored event: the usual redelivery
                 if owner is not None:
                     taken_by.setdefault(index, owner)
                     # A chain of derived ids a producer has filled as well ends in a random
                     # one: the event is then stored again if redelivered, but never lost.
                     base = ids[index] if attempt < _COLLISION_ATTEMPTS - 1 else new_id()
-                    ids[index] = collision_id(base, event.tenant, event.request_id)
+                    ids[index] = collision_id(
+                        base,
+                        event.tenant,
+                        event.request_id,
+                        # Of the same request (another type of event): derived apart from
+                        # what another tenant's or request's event under this id gets.
+                        event.type if owner[:2] == (event.tenant, event.request_id) else None,
+                    )
                 retry.append(index)  # (an id whose event was deleted meanwhile is free again)
             retry, conflicted = _one_per_id(retry, ids)
             for index in retry:
@@ -508,14 +523,20 @@ class EventRecorder:
     ) -> None:
         # A redelivered copy of the stored outcome is a duplicate, not a second outcome: the
         # same event, stored under its id or, if that was taken, the id derived from it.
-        def ids_of(event: EnvelopeFields) -> tuple[str, str]:
-            return event.id, collision_id(event.id, event.tenant, event.request_id)
+        def ids_of(event: EnvelopeFields) -> tuple[str, str, str]:
+            return (
+                event.id,
+                collision_id(event.id, event.tenant, event.request_id),
+                collision_id(event.id, event.tenant, event.request_id, event.type),
+            )
 
         owners = await _owners(
             connection, sorted({i for event, _ in dropped for i in ids_of(event)})
         )
         for event, reason in dropped:
-            if any(owners.get(i) == (event.tenant, event.request_id) for i in ids_of(event)):
+            if any(
+                owners.get(i) == (event.tenant, event.request_id, event.type) for i in ids_of(event)
+            ):
                 continue
             metrics.OUTCOMES_SUPERSEDED.labels(reason).inc()
             log.info(
@@ -581,13 +602,15 @@ def _without_chunks_and_repeats(events: list[Event]) -> list[EnvelopeFields]:
 _COLLISION_ATTEMPTS = 4
 
 
-def collision_id(event_id: str, tenant: str, request_id: str) -> str:
+def collision_id(event_id: str, tenant: str, request_id: str, type: str | None = None) -> str:
     """The id an event of `tenant` and `request_id` is stored under when `event_id` is
-    already taken by another tenant's or request's event: deterministic, so a redelivered
-    copy finds it, and within `history_events.event_id` (64 characters)."""
-    digest = hashlib.blake2b(
-        f"{tenant}\0{request_id}\0{event_id}".encode(), digest_size=16
-    ).hexdigest()
+    already taken by another tenant's or request's event, or (`type` given: the event's)
+    by another type of event of the same request: deterministic, so a redelivered copy
+    finds it, and within `history_events.event_id` (64 characters)."""
+    key = f"{tenant}\0{request_id}\0{event_id}"
+    if type is not None:
+        key += f"\0{type}"
+    digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
     return f"collision-{digest}"
 
 
@@ -604,13 +627,15 @@ def _one_per_id(indexes: Iterable[int], ids: list[str]) -> tuple[list[int], list
     return [first[event_id] for event_id in sorted(first)], others
 
 
-def _count_collision(event: EnvelopeFields, stored_as: str, owner: tuple[str, str] | None) -> None:
+def _count_collision(
+    event: EnvelopeFields, stored_as: str, owner: tuple[str, str, str] | None
+) -> None:
     """Count and log an event stored under a derived id (`owner`: whose event has its id,
     None for one of its own batch)."""
     metrics.EVENT_ID_COLLISIONS.labels(event.type).inc()
     log.warning(
-        "event id already taken by another tenant's or request's event; stored under an id "
-        "derived from it",
+        "event id already taken by another tenant's, request's or type's event; stored "
+        "under an id derived from it",
         event_id=event.id,
         stored_as=stored_as,
         event_type=event.type,
@@ -619,16 +644,17 @@ def _count_collision(event: EnvelopeFields, stored_as: str, owner: tuple[str, st
         source=event.source,
         taken_by_tenant=owner[0] if owner else None,
         taken_by_request_id=owner[1] if owner else None,
+        taken_by_type=owner[2] if owner else None,
     )
 
 
-async def _owners(connection: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, str]]:
-    """The (tenant, request id) of the stored events among `ids`."""
+async def _owners(connection: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """The (tenant, request id, type) of the stored events among `ids`."""
     e = events_table.c
     result = await connection.execute(
-        select(e.event_id, e.tenant, e.request_id).where(e.event_id.in_(ids))
+        select(e.event_id, e.tenant, e.request_id, e.type).where(e.event_id.in_(ids))
     )
-    return {event_id: (tenant, request_id) for event_id, tenant, request_id in result}
+    return {event_id: (tenant, request_id, kind) for event_id, tenant, request_id, kind in result}
 
 
 def _event_row(event: EnvelopeFields, recorded_at: datetime, redact: bool) -> dict[str, Any]:
