@@ -387,6 +387,18 @@ def test_every_event_the_serialiser_writes_is_read_back_however_deep(depth: int)
     assert decoded == event
 
 
+def test_a_deep_event_keeps_its_integers_beyond_64_bits() -> None:
+    from switchyard.common.bus.base import serialise
+    from switchyard.common.testing.events import chat_requested
+
+    big = 123456789012345678901234567890
+    event = chat_requested(body={"model": "m", "messages": [], "n": big, "deep": _nested(230)})
+
+    decoded = decode_event(serialise(event))
+
+    assert decoded == event and decoded.data.body["n"] == big
+
+
 def test_a_deep_document_that_is_no_event_is_still_refused() -> None:
     raw = orjson.dumps({"type": "chat.requested", "deep": _nested(250)})
     with pytest.raises(EventDecodeError):

@@ -795,8 +795,9 @@ async def test_names_that_look_alike_in_capitals_or_spacing_are_one_name(auth_ap
         twin = await auth_app.client.post("/v1/admin/teams", json={"name": name}, headers=headers)
         error = assert_error(twin, 409, "team_exists")
         assert "looks like" in error["message"], (name, error)
-    # Names that differ are still names of their own.
-    for name in ("opt", "Ops 2", "Olga B"):
+    # Names that differ are still names of their own; capitals are compared for Latin
+    # letters only (small Cyrillic `нет` is not Latin `HET`).
+    for name in ("opt", "Ops 2", "Olga B", "Het", "\u043d\u0435\u0442"):
         created = await auth_app.client.post(
             "/v1/admin/teams", json={"name": name}, headers=headers
         )

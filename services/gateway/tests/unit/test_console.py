@@ -366,7 +366,7 @@ async def test_auth_busy_hashing_is_not_called_too_many_attempts():
 
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
-    assert "Many people are signing in right now; try again in 1 second." in response.text
+    assert "Many passwords are being checked right now; try again in 1 second." in response.text
     assert "Too many" not in response.text
 
 

@@ -10,8 +10,11 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from switchyard.common.pricing import PriceSource
 from switchyard.gateway.bootstrap import watch_prices
+from switchyard.gateway.config import Settings
 
 
 def write(path: Path, text: str, stamp: int) -> None:
@@ -45,10 +48,44 @@ async def test_admission_reserves_at_the_prices_of_the_file_as_it_is_now(tmp_pat
         await until(lambda: gateway.admission.prices.price("added") is not None)
         assert gateway.admission.prices.price("fake").output_per_1m == 10000
 
-        # An invalid edit keeps the table in force.
+        # An invalid edit keeps the table in force (once the watcher has read it).
         write(prices, "models: [not, a, table\n", 3 * 10**18)
-        await asyncio.sleep(0.1)
+        seen = source._file_signature()
+        await until(lambda: source._signature == seen)
+        await asyncio.sleep(0.05)
         assert gateway.admission.prices.price("fake").output_per_1m == 10000
         assert not watching.done()
     finally:
         watching.cancel()
+
+
+PRICES_AT_START = "models:\n  fake: {input_per_1m: 1000, output_per_1m: 1000}\n"
+
+
+@pytest.fixture
+def prices_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prices.yaml"
+    write(path, PRICES_AT_START, 10**18)
+    return path
+
+
+@pytest.fixture
+def settings(prices_file: Path) -> Settings:
+    """The unit harness's settings (`conftest.settings`), with a prices file watched
+    every 20 ms."""
+    return Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit",
+        governance_store="memory",
+        prices_file=str(prices_file),
+        routing_reload_interval_s=0.02,
+    )
+
+
+async def test_the_running_gateway_watches_the_prices_file(harness, prices_file: Path) -> None:
+    admission = harness.app.state.gateway.admission
+    assert admission.prices.price("fake").output_per_1m == 1000
+
+    write(prices_file, "models:\n  fake: {input_per_1m: 1, output_per_1m: 7}\n", 2 * 10**18)
+
+    await until(lambda: admission.prices.price("fake").output_per_1m == 7)

@@ -46,9 +46,16 @@ class ScriptedAttempts(Attempts):
     """`Attempts` whose deployments end as scripted, by name, without calling anything."""
 
     def __init__(self, script: dict[str, ProviderError]) -> None:
+        # Tried in the script's order: each a priority below the one before.
         deployments = [
-            Deployment(name=name, provider="openai", model="up", base_url="http://127.0.0.1:9/v1")
-            for name in script
+            Deployment(
+                name=name,
+                provider="openai",
+                model="up",
+                base_url="http://127.0.0.1:9/v1",
+                priority=rank,
+            )
+            for rank, name in enumerate(script)
         ]
         routing = RoutingTable(models={"m": ModelRoute(name="m", deployments=deployments)})
         super().__init__(
@@ -109,3 +116,41 @@ async def test_a_failure_wins_over_refusals_without_details() -> None:
     error, _ = await serve({"a": refusal(), "b": down, "c": refusal()})
 
     assert error is down
+
+
+def key_refused() -> ProviderError:
+    from switchyard.inference.upstream import credentials_refused
+
+    return credentials_refused("b", 401, "Incorrect API key", None)
+
+
+def rate_limited() -> ProviderError:
+    return ProviderError(
+        429,
+        "rate_limit_error",
+        "slow down",
+        code="rate_limit_exceeded",
+        retryable=True,
+        retry_after=2.0,
+    )
+
+
+@pytest.mark.parametrize("first", [outage, rate_limited], ids=["503", "429"])
+async def test_a_fallback_refusing_its_key_does_not_hide_the_primarys_passing_failure(
+    first: Any,
+) -> None:
+    """A fallback whose key is refused (502, `x-should-retry: false`) after a primary
+    that failed for a while: the client gets the primary's failure, which it may retry
+    (after its wait), not a failure it is told never to retry."""
+    primary = first()
+    error, tried = await serve({"a": primary, "b": key_refused()})
+
+    assert tried == ["a", "b"]
+    assert error is primary
+
+
+async def test_the_last_failure_wins_when_every_one_says_not_to_retry() -> None:
+    later = key_refused()
+    error, _ = await serve({"a": key_refused(), "b": later})
+
+    assert error is later

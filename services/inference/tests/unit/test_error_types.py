@@ -102,7 +102,11 @@ def test_a_stream_refusing_the_credentials_is_the_same_502_as_its_status(
     """Switchyard's key refused inside a stream is what it is answered with a status:
     nothing the client can fix (not the client's own 401 or 403), no SDK retry, and the
     next deployment is tried."""
-    error = {"type": kind, "message": "no access", "details": {"error_code": "some_code"}}
+    error = {
+        "type": kind,
+        "message": "no access",
+        "details": {"error_code": "some_code", "organization": "org-Secret1"},
+    }
     failure = stream_error(DEPLOYMENT, protocol, error)  # type: ignore[arg-type]
     answered = status_error(status, {}, {"error": error}, "", DEPLOYMENT, protocol)  # type: ignore[arg-type]
 
@@ -110,8 +114,32 @@ def test_a_stream_refusing_the_credentials_is_the_same_502_as_its_status(
         assert (refused.status, refused.code) == (502, "upstream_auth_failed")
         assert refused.should_retry is False
         assert (refused.retryable, refused.retry_same) == (True, False)
+        # Anthropic's error code, which its SDKs read; nothing else of the account's.
         assert refused.details == {"error_code": "some_code"}
-        assert f"(HTTP {status}: no access)" in refused.message
+    assert "in its stream" in failure.message and f"HTTP {status}" in answered.message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Incorrect API key provided: sk-proj-****************************Ab1C.",
+        "User: arn:aws:sts::123456789012:assumed-role/prod-llm-gateway/s is not authorized",
+        "Permission denied on resource project acme-prod-ml (projects/acme-prod-ml).",
+        "You are not a member of organization org-AbCdEf123456 (project proj_Abc123).",
+    ],
+)
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_upstreams_refusal_of_the_key_tells_tenants_nothing_of_the_account(
+    message: str, status: int
+) -> None:
+    """Provider accounts are the operator's, shared by tenants: the upstream's words
+    (account ids, roles, projects, the end of a masked key) go to the log, not the
+    client."""
+    refused = status_error(status, {}, {"error": {"message": message}}, "", DEPLOYMENT, "openai")
+
+    assert refused.code == "upstream_auth_failed"
+    for secret in ("Ab1C", "123456789012", "prod-llm-gateway", "acme-prod-ml", "org-", "proj_"):
+        assert secret not in refused.message
 
 
 def test_a_responses_stream_refusing_the_key_is_the_same_502() -> None:
@@ -200,3 +228,18 @@ def test_a_reply_refused_for_its_depth_is_not_called_too_large() -> None:
     assert (deep.status, deep.code) == (large.status, large.code) == (502, "response_too_large")
     assert "cannot carry it" in deep.message and "larger" not in deep.message
     assert "larger than Switchyard carries" in large.message
+
+
+def test_a_failed_response_refusing_the_key_is_the_same_502() -> None:
+    from switchyard.inference.adapters import response_failed
+
+    failed = response_failed(
+        {"status": "failed", "error": {"code": "invalid_api_key", "message": "Bad key sk-x"}}
+    )
+
+    assert (failed.status, failed.code, failed.should_retry) == (
+        502,
+        "upstream_auth_failed",
+        False,
+    )
+    assert "sk-x" not in failed.message

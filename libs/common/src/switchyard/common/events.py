@@ -35,6 +35,7 @@ from pydantic import (
     model_serializer,
 )
 
+from switchyard.common import exactjson
 from switchyard.common.offloop import off_loop
 
 SCHEMA_VERSION: Final = 2
@@ -730,11 +731,12 @@ def decode_event(raw: bytes | str) -> Event:
     except Exception as exc:  # noqa: BLE001 - not JSON (or not bytes at all)
         raise EventDecodeError(str(first)) from exc
     if _refused_as_json(first):
-        # JSON the serialiser wrote (`encode_event`: orjson, nested up to 254 levels) that
-        # pydantic's parser refuses (it stops at 200 levels): an upstream's reply or tool
-        # arguments may be that deep. Every event that can be published can be read.
+        # JSON the serialiser wrote (`encode_event`: pydantic's, nested up to 254 levels)
+        # that pydantic's parser refuses (it stops at 200 levels): an upstream's reply or
+        # tool arguments may be that deep. Every event that can be published can be read,
+        # its integers beyond 64 bits exact as pydantic's parser keeps them.
         try:
-            return _event_adapter.validate_python(document)
+            return _event_adapter.validate_python(exactjson.loads(raw))
         except Exception as exc:  # noqa: BLE001 - not an event, however deep
             raise EventDecodeError(f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(document, dict) or document.get("schema_version") != 1:

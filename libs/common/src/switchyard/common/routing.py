@@ -378,7 +378,8 @@ class Deployment(_Strict):
         `default_max_tokens` (else the default), raised above the thinking budget of
         `effort` (`THINKING_BUDGET_BY_EFFORT`) with `thinking_type` `enabled` when it is
         not above it. The gateway reserves budgets and token limits by it; inference's
-        translation sends it (or less, when it sends no thinking)."""
+        translation computes the same (`add_anthropic_thinking`, from the same constants,
+        held to this by a test), or less when it sends no thinking."""
         if self.protocol != "anthropic":
             return None
         cap = self.default_max_tokens or default_max_tokens

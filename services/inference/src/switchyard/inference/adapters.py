@@ -79,7 +79,12 @@ from switchyard.inference.translate_responses import (
     responses_request_to_chat,
     responses_request_to_messages,
 )
-from switchyard.inference.upstream import SSE, invalid_reply, responses_code_status
+from switchyard.inference.upstream import (
+    SSE,
+    credentials_refused,
+    invalid_reply,
+    responses_code_status,
+)
 from switchyard.inference.usage import (
     anthropic_usage,
     delta_chars,
@@ -1005,6 +1010,8 @@ def response_failed(response: dict[str, Any], deployment_protocol: str = "openai
     code = error.get("code") if isinstance(error.get("code"), str) else None
     status = responses_code_status(code)
     message = error.get("message") if isinstance(error.get("message"), str) else None
+    if code == "invalid_api_key":  # Switchyard's key refused: as its status says it
+        return credentials_refused(None, 401, message or "", None, in_stream=True)
     return ProviderError(
         status,
         None,

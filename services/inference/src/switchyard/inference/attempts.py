@@ -91,6 +91,11 @@ def is_large_request(body: dict[str, Any], previous_items: list[Any] | None = No
     return total > LARGE_REQUEST_ITEMS
 
 
+def _final(outcome: Outcome) -> bool:
+    """Whether a failed `outcome` tells the client not to retry (`x-should-retry: false`)."""
+    return outcome.error is not None and outcome.error.should_retry is False
+
+
 class Attempts:
     """Tries a request's deployments until one answers; returns the Outcome."""
 
@@ -116,7 +121,8 @@ class Attempts:
     async def serve(self, run: RequestRun) -> Outcome:
         """Serve `run` on its model's deployments in attempt order (priority, weight, open
         circuits last) and return how it ended: completed, or failed with the error the
-        client gets (404 `model_not_found`; the last deployment failure; 503
+        client gets (404 `model_not_found`; the last deployment failure, but one telling
+        the client not to retry only when no earlier one did not; 503
         `upstream_unavailable` while every circuit that could take it is open; the last 400
         of a deployment that cannot take the request as sent only when no deployment failed
         nor was skipped, or when its `details` tell the client's SDK how to go on).
@@ -159,7 +165,10 @@ class Attempts:
                 # One whose details the client's SDK acts on is kept over a later one.
                 if refusal is None or not (refusal.error and refusal.error.details):
                     refusal = outcome
-            else:
+            elif failure is None or not _final(outcome) or _final(failure):
+                # The last failure, unless it tells the client not to retry (a fallback's
+                # key refused, its quota used up) where an earlier one did not: the
+                # primary's 503 or 429 would pass, and the client must not give up on it.
                 failure = outcome
             (log.info if client_side else log.warning)(
                 "deployment cannot take the request" if client_side else "deployment failed",

@@ -622,24 +622,45 @@ def responses_code_status(code: str | None) -> int:
 
 
 def credentials_refused(
-    deployment: str, status: int, message: str, details: dict[str, Any] | None
+    deployment: str | None,
+    status: int,
+    message: str,
+    details: dict[str, Any] | None,
+    *,
+    in_stream: bool = False,
 ) -> ProviderError:
     """The 502 `upstream_auth_failed` of an upstream refusing Switchyard's credentials
-    for `deployment` (its name) with HTTP `status` 401 or 403 (the key is wrong, or lacks
-    permission: a model the account cannot use, its spend limit reached), quoting the
-    upstream's `message` (redacted) and keeping its `details`. The caller can do nothing
-    about it: `x-should-retry: false` stops the SDKs' retries, which could not help
-    either; another deployment may (`retryable`, not `retry_same`)."""
+    for `deployment` (its name, when known) with HTTP `status` 401 or 403, or the error
+    type or code standing for them inside its stream (`in_stream`): the key is wrong, or
+    lacks permission (a model the account cannot use, its spend limit reached). The caller
+    can do nothing about it: `x-should-retry: false` stops the SDKs' retries, which could
+    not help either; another deployment may (`retryable`, not `retry_same`).
+
+    The upstream's `message` is logged for the operator, never relayed: it names the
+    provider account (an AWS account and role, a GCP project, an OpenAI organization,
+    the end of a masked key), which no tenant is to read. Of its `details`, only
+    Anthropic's `error_code` is kept (its SDKs' typed exceptions read it)."""
     refusal = "refused Switchyard's credentials" if status == 401 else "refused access"
+    where = f"upstream deployment {deployment!r}" if deployment else "the upstream"
+    how = "in its stream" if in_stream else f"with HTTP {status}"
+    log.warning(
+        "upstream refused Switchyard's credentials",
+        deployment=deployment,
+        status=status,
+        in_stream=in_stream,
+        upstream_message=message,
+    )
+    error_code = details.get("error_code") if details else None
     return ProviderError(
         502,
         None,
-        f"Upstream deployment {deployment!r} {refusal} (HTTP {status}: {message})",
+        f"{where[0].upper()}{where[1:]} {refusal} ({how}); its operator must fix the "
+        "deployment's credentials.",
         code="upstream_auth_failed",
         retryable=True,
         retry_same=False,
         should_retry=False,
-        details=details,
+        details={"error_code": error_code} if isinstance(error_code, str) else None,
     )
 
 
@@ -685,7 +706,9 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
     if code == "invalid_api_key":  # a Responses stream's `error` event says it so
         refused = 401
     if refused is not None or status in (401, 403):
-        return credentials_refused(deployment.name, refused or status, message, details)
+        return credentials_refused(
+            deployment.name, refused or status, message, details, in_stream=True
+        )
     return ProviderError(
         status,
         _redacted_str(kind, secrets),

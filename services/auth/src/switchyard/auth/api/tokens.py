@@ -231,7 +231,12 @@ async def _refresh(service: AuthService, refresh_token: str) -> TokenResponse:
     "/token",
     response_model=TokenResponse,
     openapi_extra=_body_schema(_GRANT_SCHEMA),
-    responses={429: {"description": "Too many sign-in attempts; see Retry-After."}},
+    responses={
+        429: {
+            "description": "Too many sign-in attempts (`too_many_attempts`), or too many "
+            "passwords waiting to be checked (`passwords_busy`); see Retry-After."
+        }
+    },
 )
 async def issue_token(
     request: Request,
@@ -354,7 +359,10 @@ account_router = APIRouter(prefix="/v1/auth", tags=["tokens"], route_class=Stric
     response_class=Response,
     responses={
         403: {"description": "The current password is wrong (`incorrect_password`)."},
-        429: {"description": "Too many attempts; see Retry-After."},
+        429: {
+            "description": "Too many attempts (`too_many_attempts`), or too many passwords "
+            "waiting to be checked (`passwords_busy`); see Retry-After."
+        },
     },
 )
 async def change_password(

@@ -241,7 +241,7 @@ def _throttled(what: str, exc: BackendError) -> str:
     limit), or auth busy checking other passwords (`passwords_busy`: nothing the user
     did, and over in a moment)."""
     if exc.code == "passwords_busy":
-        return f"Many people are signing in right now; try again {_after(exc.retry_after)}."
+        return f"Many passwords are being checked right now; try again {_after(exc.retry_after)}."
     return f"Too many {what}; try again {_after(exc.retry_after)}."
 
 
