@@ -6,13 +6,14 @@ price table's default. Reserving 4,096 tokens while inference sent 64,000 (or 36
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from switchyard.common.pricing import load_prices
 from switchyard.common.routing import Deployment
-from switchyard.gateway.governance.estimate import estimate, uncapped_output
+from switchyard.gateway.governance.estimate import choices, estimate, output_cap, uncapped_output
 
 PRICES = load_prices(None)
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -77,3 +78,47 @@ def test_a_cap_of_the_request_is_what_is_reserved(field: str) -> None:
     )
 
     assert uncapped.tokens - capped.tokens == 64_000 - 100
+
+
+@pytest.mark.parametrize("cap", [100_000, 100_000.0, "100000", "1e5", " 100000 ", 99_999.5])
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "max_output_tokens"])
+def test_a_cap_sent_as_text_or_a_float_is_reserved_as_a_lenient_server_reads_it(
+    field: str, cap: object
+) -> None:
+    """Passed through as sent, `"100000"` is 100,000 tokens to a server that parses
+    leniently (vLLM): reserving the default 4,096 for it let one request spend a budget
+    many times over."""
+    body = {"model": "m", "messages": MESSAGES, field: cap}
+    assert output_cap(body, 4096) == 100_000
+
+
+@pytest.mark.parametrize("n", [8, 8.0, "8", "7.2"])
+def test_n_sent_as_text_or_a_float_is_reserved_as_a_lenient_server_reads_it(n: object) -> None:
+    assert choices({"n": n}) == 8
+
+
+@pytest.mark.parametrize("value", [True, None, "many", float("nan"), float("inf"), -5, 0, "0"])
+def test_what_is_no_count_is_the_default(value: object) -> None:
+    assert output_cap({"max_tokens": value}, 4096) == 4096
+    assert choices({"n": value}) == 1
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "deployments:\n  gpt: {input_per_1m: 1, output_per_1m: 1, max_output_tokens: 32768}\n",
+        "models:\n  gpt-x: {input_per_1m: 1, output_per_1m: 1, max_output_tokens: 32768}\n",
+        "models:\n  m: {input_per_1m: 1, output_per_1m: 1, max_output_tokens: 32768}\n",
+    ],
+    ids=["deployment", "upstream-model", "public-model"],
+)
+def test_a_price_entrys_output_limit_counts_wherever_prices_are_found(
+    tmp_path: Path, entry: str
+) -> None:
+    """An operator sets a model's output limit (what a request without a cap may use) in
+    the entry that prices it: a deployment's or an upstream model's was ignored."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(entry)
+    prices = load_prices(str(path))
+
+    assert uncapped_output("m", {}, prices, [GPT]) == 32_768

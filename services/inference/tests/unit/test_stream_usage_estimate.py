@@ -253,3 +253,46 @@ def test_a_stream_cut_while_its_item_is_open_is_billed_the_text_streamed(api) ->
         run.accumulator.add(event)
 
     assert run.in_flight_usage().output_tokens == 300
+
+
+@pytest.mark.parametrize(
+    "api",
+    [ClientAPI.ANTHROPIC_COUNT_TOKENS, ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS],
+    ids=["count_tokens", "input_tokens"],
+)
+def test_a_token_count_cut_short_bills_nothing(api) -> None:
+    """A token count is free (budgets reserve nothing for it): one cut short (the client
+    gone, the deadline) was billed its prompt's estimate in history, priced, without the
+    budget ever seeing it."""
+    from switchyard.inference.runs import RequestRun
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 400_000}]}
+    run = RequestRun(chat_request("m", api=api, body=body))
+    run.calling = True
+
+    assert run.in_flight_usage().total_tokens == 0
+    billed = RequestRun(chat_request("m", api=ClientAPI.ANTHROPIC_MESSAGES, body=body))
+    billed.calling = True
+    assert billed.in_flight_usage().input_tokens > 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": [{"role": "user", "content": " " * 400_000 + "hi"}]},
+        {"model": "m", "input": "\n" * 400_000 + "hi"},
+        {"model": "m", "input": ["\t " * 200_000 + "hi"]},
+    ],
+    ids=["messages", "responses", "input-list"],
+)
+def test_white_space_padding_is_not_estimated_as_words(body) -> None:
+    """A prompt padded with white space, cut short before the upstream reported usage, is
+    billed about what a tokenizer counts (a run of white space is a token or a few), not a
+    token per 4 characters: 400,000 spaces were billed as 100,000 tokens where the
+    gateway reserved about 3,000."""
+    from switchyard.inference.usage import estimate_prompt_tokens
+
+    assert estimate_prompt_tokens(body) < 20
+    # Text without such runs is estimated as before.
+    words = {"model": "m", "input": "word " * 1000}
+    assert estimate_prompt_tokens(words) == 1250

@@ -254,10 +254,21 @@ class PriceTable(BaseModel):
             cache_creation_1h_input_tokens,
         )
 
-    def max_output_tokens(self, model: str) -> int:
-        """The most output tokens `model` may produce, from its price entry, or the
-        default (DEFAULT_MAX_OUTPUT_TOKENS) when it names none."""
-        price = self.price(model)
+    def max_output_tokens(
+        self,
+        model: str,
+        *,
+        deployment: str | None = None,
+        upstream_model: str | None = None,
+        provider: str | None = None,
+    ) -> int:
+        """The most output tokens public model `model` may produce (served by
+        `deployment`, calling `upstream_model` at `provider`, when known), from the price
+        entry found as `price` finds it (a deployment's, an upstream model's, the public
+        model's), or the default (DEFAULT_MAX_OUTPUT_TOKENS) when it names none."""
+        price = self.price(
+            model, deployment=deployment, upstream_model=upstream_model, provider=provider
+        )
         if price is not None and price.max_output_tokens is not None:
             return price.max_output_tokens
         return DEFAULT_MAX_OUTPUT_TOKENS

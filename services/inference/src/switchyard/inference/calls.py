@@ -30,7 +30,7 @@ from switchyard.inference.errors import ProviderError, response_too_large
 from switchyard.inference.publishing import MAX_BACKLOG, ChunkPublisher
 from switchyard.inference.runs import RequestRun, seconds_until
 from switchyard.inference.upstream import Upstream, invalid_reply
-from switchyard.inference.usage import estimate_output_tokens, estimate_prompt_tokens
+from switchyard.inference.usage import BILLED_APIS, estimate_output_tokens, estimate_prompt_tokens
 
 # Upstream events read between two yields to the event loop when they arrive faster
 # than the loop would otherwise switch (a buffered stream).
@@ -50,16 +50,6 @@ def undeliverable_stream(reason: EventRejectedError) -> ProviderError:
     with a gap in it."""
     return response_too_large(reason, "stream")
 
-
-# The APIs whose calls are billed by their tokens (token counting is free).
-BILLED_APIS = frozenset(
-    {
-        ClientAPI.OPENAI_CHAT_COMPLETIONS,
-        ClientAPI.ANTHROPIC_MESSAGES,
-        ClientAPI.OPENAI_RESPONSES,
-        ClientAPI.OPENAI_EMBEDDINGS,
-    }
-)
 
 # The APIs whose calls generate text: a non-streamed reply of theirs comes only once all
 # of it is generated, and is waited for up to `response_timeout_s`. Embeddings and token

@@ -14,7 +14,12 @@ from switchyard.common.routing import Deployment
 from switchyard.inference.adapters import Accumulator, StreamTranslation
 from switchyard.inference.publishing import ChunkPublisher
 from switchyard.inference.translate import CompletionAccumulator
-from switchyard.inference.usage import add_usage, estimate_prompt_tokens, estimate_streamed_tokens
+from switchyard.inference.usage import (
+    BILLED_APIS,
+    add_usage,
+    estimate_prompt_tokens,
+    estimate_streamed_tokens,
+)
 
 
 def seconds_until(deadline: datetime) -> float:
@@ -94,8 +99,10 @@ class RequestRun:
         return TokenUsage()
 
     def in_flight_usage(self) -> TokenUsage:
-        """Tokens of the call in flight: what the upstream reported, else estimates."""
-        if not self.calling:
+        """Tokens of the call in flight: what the upstream reported, else estimates; none
+        for a call of an API not billed by its tokens (a token count, which costs
+        nothing, and which budgets reserve nothing for)."""
+        if not self.calling or self.request.data.api not in BILLED_APIS:
             return TokenUsage()
         reported = self.translation.usage() if self.translation is not None else TokenUsage()
         input_tokens = reported.input_tokens or estimate_prompt_tokens(self.request.data.body)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,25 +146,43 @@ def _prompt_tokens(body: dict[str, Any]) -> tuple[int, _Parts]:
     return counted + counter.count_all(texts), parts
 
 
+# The largest count a lenient reading takes from a request's cap or `n`: beyond any
+# model's, and far within a float's exact integers.
+_MAX_COUNT = 10**12
+
+
+def lenient_count(value: Any) -> int | None:
+    """`value` as a count the way a lenient server reads it (pydantic's lax mode, as vLLM
+    parses requests: `100`, `100.0`, `"100"`, `"1e5"`), rounded up and at most
+    `_MAX_COUNT`; None for anything else (a boolean, a non-finite or non-positive
+    number, text). OpenAI refuses all but integers, but a request is passed through as
+    sent, so what it reserves must be what any upstream may read."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return min(math.ceil(value), _MAX_COUNT)
+    return None
+
+
 def choices(body: dict[str, Any]) -> int:
-    """How many completions the request asks for (Chat Completions' `n`, 1 otherwise):
-    each may use the whole output cap."""
-    n = body.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
-        return n
-    return 1
+    """How many completions the request asks for (Chat Completions' `n`, read leniently:
+    `lenient_count`; 1 otherwise): each may use the whole output cap."""
+    n = lenient_count(body.get("n"))
+    return n if n is not None and n > 1 else 1
 
 
 def output_cap(body: dict[str, Any], default: int) -> int:
     """The most output tokens the request allows: the largest of its own caps, else
     `default`. The largest, whichever API was called: which field a deployment honours
     depends on it (Anthropic's `max_tokens`, OpenAI's `max_completion_tokens`, a lenient
-    server's either), and a smaller one sent beside it must not shrink the reservation."""
-    caps = [
-        value
-        for name in OUTPUT_FIELDS
-        if isinstance(value := body.get(name), int) and not isinstance(value, bool) and value > 0
-    ]
+    server's either), and a smaller one sent beside it must not shrink the reservation.
+    Each is read leniently (`lenient_count`): `"100000"` is 100,000 to some servers."""
+    caps = [value for name in OUTPUT_FIELDS if (value := lenient_count(body.get(name)))]
     return max(caps, default=default)
 
 
@@ -184,14 +203,21 @@ def uncapped_output(
     anthropic_default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
 ) -> int:
     """The most output tokens a request to `model` that sets no cap may produce on any of
-    `deployments`: the price table's default for the model (what a deployment of
-    OpenAI's protocol, sent no cap, is reckoned to stop at), or the `max_tokens` inference
-    sends an Anthropic-protocol one (its `default_max_tokens`, else
-    `anthropic_default_max_tokens`, raised above a reasoning effort's thinking budget),
-    whichever is larger."""
+    `deployments`: the price table's `max_output_tokens` of each (found by deployment,
+    upstream model, then public model; DEFAULT_MAX_OUTPUT_TOKENS where none says: what a
+    deployment of OpenAI's protocol, sent no cap, is reckoned to stop at), or the
+    `max_tokens` inference sends an Anthropic-protocol one (its `default_max_tokens`,
+    else `anthropic_default_max_tokens`, raised above a reasoning effort's thinking
+    budget), whichever is largest."""
     effort = reasoning_effort(body)
+    limits = [
+        prices.max_output_tokens(
+            model, deployment=d.name, upstream_model=d.model, provider=d.provider
+        )
+        for d in deployments
+    ] or [prices.max_output_tokens(model)]
     sent = (d.uncapped_max_tokens(effort, anthropic_default_max_tokens) for d in deployments)
-    return max([prices.max_output_tokens(model), *(n for n in sent if n is not None)])
+    return max([*limits, *(n for n in sent if n is not None)])
 
 
 @dataclass(frozen=True)
