@@ -791,7 +791,7 @@ async def test_names_that_look_alike_in_capitals_or_spacing_are_one_name(auth_ap
             "/v1/admin/teams", json={"name": name}, headers=headers
         )
         assert created.status_code == 201, (name, created.text)
-    for name in ("0ps", "0PS", "0lga", "C00l Team", "AI  Team"):
+    for name in ("0ps", "0PS", "0lga", "C00l Team", "AI  Team", "AI\u2800Team", "AI\u3164Team"):
         twin = await auth_app.client.post("/v1/admin/teams", json={"name": name}, headers=headers)
         error = assert_error(twin, 409, "team_exists")
         assert "looks like" in error["message"], (name, error)

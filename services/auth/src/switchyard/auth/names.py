@@ -103,18 +103,23 @@ def skeleton(text: str) -> str:
     )
 
 
+# Printable characters drawn as nothing but a space (the Braille blank, Hangul fillers),
+# which Python's `str.split` does not take for white space: read as a space.
+_BLANKS = str.maketrans(dict.fromkeys("\u2800\u3164\u115f\u1160\uffa0", " "))
+
+
 def looks_of(name: str) -> frozenset[str]:
     """What `name` looks like, in any case: two names look alike when they share one of
     these. The skeletons of `name`'s compatibility form (NFKC) with its runs of white
-    space made one space, as written and with its ASCII letters in capitals, each then
-    case-folded. Skeletons are made of letters as written, so each finds its own
-    look-alikes: as written, `AI Team` meets `Al Team`; in capitals, `0ps` meets `ops`
-    (`O` and `0`, which small letters tell apart) and `C00l Team` meets `Cool Team`, at
-    the price of `io` meeting `10` too. Only ASCII letters are put in capitals, so a
-    word of another script does not meet Latin capitals (`нет` and `HET`), and not in
-    small letters: names whose capitals differ (`Команда Б` and `Команда 6`, whose
-    small `б` looks like `6`) are two names."""
-    text = " ".join(unicodedata.normalize("NFKC", name).split())
+    space (and characters drawn blank, `_BLANKS`) made one space, as written and with its
+    ASCII letters in capitals, each then case-folded. Skeletons are made of letters as
+    written, so each finds its own look-alikes: as written, `AI Team` meets `Al Team`; in
+    capitals, `0ps` meets `ops` (`O` and `0`, which small letters tell apart) and `C00l
+    Team` meets `Cool Team`, at the price of `io` meeting `10` too. Only ASCII letters
+    are put in capitals, so a word of another script does not meet Latin capitals (`нет`
+    and `HET`), and not in small letters: names whose capitals differ (`Команда Б` and
+    `Команда 6`, whose small `б` looks like `6`) are two names."""
+    text = " ".join(unicodedata.normalize("NFKC", name).translate(_BLANKS).split())
     capitals = "".join(c.upper() if c.isascii() else c for c in text)
     return frozenset(skeleton(form).casefold() for form in (text, capitals))
 
