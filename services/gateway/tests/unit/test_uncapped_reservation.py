@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from switchyard.common.governance import choices, output_cap
 from switchyard.common.pricing import load_prices
 from switchyard.common.routing import Deployment
-from switchyard.gateway.governance.estimate import choices, estimate, output_cap, uncapped_output
+from switchyard.gateway.governance.estimate import estimate, uncapped_output
 
 PRICES = load_prices(None)
 MESSAGES = [{"role": "user", "content": "hi"}]

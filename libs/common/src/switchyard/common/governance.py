@@ -238,3 +238,49 @@ def utcnow() -> datetime:
 def scope_key(level: str, scope_id: str) -> str:
     """The name of one level's counters in the limit store, e.g. `team:7f3a...`."""
     return f"{level}:{scope_id}"
+
+
+# A request's output caps, by API: Chat Completions' (and a lenient server's)
+# `max_completion_tokens` and `max_tokens`, Anthropic's `max_tokens`, the Responses API's
+# `max_output_tokens`.
+OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+# The largest count a lenient reading takes from a request's cap or `n`: beyond any
+# model's, and far within a float's exact integers.
+_MAX_COUNT = 10**12
+
+
+def lenient_count(value: Any) -> int | None:
+    """`value` as a count the way a lenient server reads it (pydantic's lax mode, as vLLM
+    parses requests: `100`, `100.0`, `"100"`, `"1e5"`), rounded up and at most
+    `_MAX_COUNT`; None for anything else (a boolean, a non-finite or non-positive
+    number, text). OpenAI refuses all but integers, but a request is passed through as
+    sent, so what it reserves must be what any upstream may read."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return min(math.ceil(value), _MAX_COUNT)
+    return None
+
+
+def choices(body: dict[str, Any]) -> int:
+    """How many completions the request asks for (Chat Completions' `n`, read leniently:
+    `lenient_count`; 1 otherwise): each may use the whole output cap."""
+    n = lenient_count(body.get("n"))
+    return n if n is not None and n > 1 else 1
+
+
+def output_cap(body: dict[str, Any], default: int) -> int:
+    """The most output tokens the request allows: the largest of its own caps, else
+    `default`. The largest, whichever API was called: which field a deployment honours
+    depends on it (Anthropic's `max_tokens`, OpenAI's `max_completion_tokens`, a lenient
+    server's either), and a smaller one sent beside it must not shrink the reservation.
+    Each is read leniently (`lenient_count`): `"100000"` is 100,000 to some servers."""
+    caps = [value for name in OUTPUT_FIELDS if (value := lenient_count(body.get(name)))]
+    return max(caps, default=default)

@@ -53,6 +53,13 @@ LANE_IN_FLIGHT = Gauge(
     "Requests in progress on this replica, by priority lane.",
     ["lane"],
 )
+OUTPUT_OVER_CAP = Counter(
+    "switchyard_inference_output_over_cap_total",
+    "Requests whose upstreams reported more output tokens than the request's cap allows "
+    "(max_tokens, max_completion_tokens or max_output_tokens, times n): billed as "
+    "reported, beyond what budgets reserved for them.",
+    ["model", "deployment"],
+)
 CANCELLATIONS = Counter(
     "switchyard_inference_cancellations_total",
     "Requests stopped because their client went away.",

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
+
 from switchyard.common.events import (
     MAX_COST_USD,
     ChatCompleted,
@@ -26,10 +28,13 @@ from switchyard.common.events import (
     UsageRecorded,
     derived_event_id,
 )
+from switchyard.common.governance import choices, output_cap
 from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
 from switchyard.inference.errors import ProviderError, response_too_large
 from switchyard.inference.pricing import PriceTable, request_cost
+
+log = structlog.get_logger("switchyard.inference.outcomes")
 
 SOURCE = "inference"
 NO_USAGE = TokenUsage()
@@ -288,5 +293,25 @@ class OutcomeEvents:
                 if count:
                     metrics.TOKENS.labels(model, name, direction).inc(count)
             genai.observe_tokens(request.data.api, model, deployment, usage)
+            _check_output_cap(request, deployment.name, usage.output_tokens)
         if deployment is not None and cost:
             metrics.COST_USD.labels(model, deployment.name).inc(cost)
+
+
+def _check_output_cap(request: ChatRequested, deployment: str, output_tokens: int) -> None:
+    """Count and log a request whose upstreams reported more output tokens than its own
+    cap allows (`output_cap` times `choices`, read as the gateway reserves them): billed as
+    reported, beyond its reservation, so its budget may be overspent by the difference.
+    A request without a cap is not judged (its reservation is the price table's)."""
+    body = request.data.body
+    cap = output_cap(body, 0) * choices(body)
+    if cap and output_tokens > cap:
+        metrics.OUTPUT_OVER_CAP.labels(request.data.model, deployment).inc()
+        log.warning(
+            "upstream reported more output tokens than the request's cap",
+            request_id=request.request_id,
+            model=request.data.model,
+            deployment=deployment,
+            cap=cap,
+            output_tokens=output_tokens,
+        )

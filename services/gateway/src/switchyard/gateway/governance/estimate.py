@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from switchyard.common.governance import choices, output_cap
 from switchyard.common.pricing import Price, PriceTable
 from switchyard.common.routing import DEFAULT_ANTHROPIC_MAX_TOKENS, Deployment
 from switchyard.common.tokenizer import SCHEMA_FIELDS, TokenCounter, encoding, json_text
@@ -38,7 +38,6 @@ TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt")
 # (`tokenizer.SCHEMA_FIELDS`). A schema is mostly property names and types, so these
 # count as their compact JSON text, keys included, not as the strings they hold.
 JSON_FIELDS = ("tools", "functions", *SCHEMA_FIELDS)
-OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # Providers (`Deployment.provider`) whose prompt cache is written only where a request
 # marks it with `cache_control` (Anthropic's Messages API, on Anthropic, Bedrock and
 # Vertex AI); the others' caches are written on their own.
@@ -144,46 +143,6 @@ def _prompt_tokens(body: dict[str, Any]) -> tuple[int, _Parts]:
     counter = TokenCounter(exact_chars=EXACT_CHARS)
     # All at once: the rest past the exact budget is sampled across every text.
     return counted + counter.count_all(texts), parts
-
-
-# The largest count a lenient reading takes from a request's cap or `n`: beyond any
-# model's, and far within a float's exact integers.
-_MAX_COUNT = 10**12
-
-
-def lenient_count(value: Any) -> int | None:
-    """`value` as a count the way a lenient server reads it (pydantic's lax mode, as vLLM
-    parses requests: `100`, `100.0`, `"100"`, `"1e5"`), rounded up and at most
-    `_MAX_COUNT`; None for anything else (a boolean, a non-finite or non-positive
-    number, text). OpenAI refuses all but integers, but a request is passed through as
-    sent, so what it reserves must be what any upstream may read."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
-        return min(math.ceil(value), _MAX_COUNT)
-    return None
-
-
-def choices(body: dict[str, Any]) -> int:
-    """How many completions the request asks for (Chat Completions' `n`, read leniently:
-    `lenient_count`; 1 otherwise): each may use the whole output cap."""
-    n = lenient_count(body.get("n"))
-    return n if n is not None and n > 1 else 1
-
-
-def output_cap(body: dict[str, Any], default: int) -> int:
-    """The most output tokens the request allows: the largest of its own caps, else
-    `default`. The largest, whichever API was called: which field a deployment honours
-    depends on it (Anthropic's `max_tokens`, OpenAI's `max_completion_tokens`, a lenient
-    server's either), and a smaller one sent beside it must not shrink the reservation.
-    Each is read leniently (`lenient_count`): `"100000"` is 100,000 to some servers."""
-    caps = [value for name in OUTPUT_FIELDS if (value := lenient_count(body.get(name)))]
-    return max(caps, default=default)
 
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:
