@@ -26,21 +26,18 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None
     monkeypatch.chdir(tmp_path)  # no .env of the checkout
 
 
-def test_the_default_urls_are_the_default_ports() -> None:
+@pytest.mark.parametrize("ports", [None, (9101, 9102, 9103)], ids=["defaults", "ports-set"])
+def test_the_urls_follow_the_ports(
+    monkeypatch: pytest.MonkeyPatch, ports: tuple[int, int, int] | None
+) -> None:
+    auth, history, inference = ports or (8001, 8002, 8003)
+    if ports is not None:
+        for variable, port in zip(VARIABLES[:3], ports, strict=True):
+            monkeypatch.setenv(variable, str(port))
     settings = Settings()
-    assert settings.auth_url == "http://127.0.0.1:8001"
-    assert settings.history_url == "http://127.0.0.1:8002"
-    assert settings.console_inference_metrics_urls == ["http://127.0.0.1:8003/metrics"]
-
-
-def test_the_urls_follow_the_ports_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWITCHYARD_AUTH_PORT", "9101")
-    monkeypatch.setenv("SWITCHYARD_HISTORY_PORT", "9102")
-    monkeypatch.setenv("SWITCHYARD_INFERENCE_PORT", "9103")
-    settings = Settings()
-    assert settings.auth_url == "http://127.0.0.1:9101"
-    assert settings.history_url == "http://127.0.0.1:9102"
-    assert settings.console_inference_metrics_urls == ["http://127.0.0.1:9103/metrics"]
+    assert settings.auth_url == f"http://127.0.0.1:{auth}"
+    assert settings.history_url == f"http://127.0.0.1:{history}"
+    assert settings.console_inference_metrics_urls == [f"http://127.0.0.1:{inference}/metrics"]
 
 
 def test_a_url_set_wins_over_the_port(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,6 +137,8 @@ DONE = b"data: [DONE]\n\n"
 # run's records in order on one partition, so a gap means a record was lost or forged:
 # past this many the stream ends as interrupted instead of holding them without bound.
 MAX_HELD_STREAM_RECORDS = 1_000
+# Why a stream ends when a record of it never came (`Dispatch.sse`).
+RECORDS_LOST = "Part of the stream was lost on its way to the gateway"
 # U+0085, U+2028 and U+2029 are legal raw in JSON, and orjson writes them raw, but many
 # line readers (Python's str.splitlines, httpx's iter_lines) break lines at them: sent
 # escaped, the same JSON value reaches every client in one line.
@@ -509,7 +511,7 @@ class Dispatch:
                     early[data.sequence] = reply
                     if data.sequence != next_sequence and len(early) > MAX_HELD_STREAM_RECORDS:
                         log.warning("stream records missing", missing_from=next_sequence)
-                        yield self._stream_failure(self._records_lost_error())
+                        yield self._stream_failure(self._interrupted_error(RECORDS_LOST))
                         return
                     while next_sequence in early:
                         record = early.pop(next_sequence)
@@ -528,7 +530,7 @@ class Dispatch:
                     log.warning(
                         "stream records missing", missing_from=next_sequence, held=len(early)
                     )
-                    yield self._stream_failure(self._records_lost_error())
+                    yield self._stream_failure(self._interrupted_error(RECORDS_LOST))
                     return
                 if isinstance(reply, ChatCompleted):
                     self._answered()
@@ -790,18 +792,13 @@ class Dispatch:
             message="The request did not complete before its deadline.",
         )
 
-    def _records_lost_error(self) -> ErrorInfo:
+    def _interrupted_error(
+        self, why: str = "The stream was interrupted and restarted upstream"
+    ) -> ErrorInfo:
+        """The 502 `stream_interrupted` ending a stream that cannot go on, saying `why`."""
         return ErrorInfo(
             status=502,
             type=error_type(self.vendor, 502),
             code="stream_interrupted",
-            message="Part of the stream was lost on its way to the gateway; retry the request.",
-        )
-
-    def _interrupted_error(self) -> ErrorInfo:
-        return ErrorInfo(
-            status=502,
-            type=error_type(self.vendor, 502),
-            code="stream_interrupted",
-            message="The stream was interrupted and restarted upstream; retry the request.",
+            message=f"{why}; retry the request.",
         )

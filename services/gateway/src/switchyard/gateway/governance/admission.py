@@ -611,12 +611,7 @@ class Admission:
         cost = None
         if counts_tokens:
             cost = await estimate_without_blocking(
-                model,
-                body,
-                self.prices,
-                embeddings=embeddings,
-                deployments=self.deployments_of(model),
-                anthropic_default_max_tokens=self.anthropic_default_max_tokens,
+                model, body, self.prices, embeddings=embeddings, **self._routed(model)
             )
         needs = self._needs(policy, model, body, embeddings, cost, billed=billed)
         # Each round either admits, refuses (a refill found the counter exhausted), or
@@ -649,14 +644,15 @@ class Admission:
         """`estimate` of a request to `model`, priced by its route's deployments, on the
         event loop: only for a need `admit` did not estimate first (it does, off the loop
         for a large body, whenever a level limits tokens or spend)."""
-        return estimate(
-            model,
-            body,
-            self.prices,
-            embeddings=embeddings,
-            deployments=self.deployments_of(model),
-            anthropic_default_max_tokens=self.anthropic_default_max_tokens,
-        )
+        return estimate(model, body, self.prices, embeddings=embeddings, **self._routed(model))
+
+    def _routed(self, model: str) -> dict[str, Any]:
+        """What an estimate of a request to `model` needs of its route: the deployments
+        that may serve it and inference's `max_tokens` for an Anthropic one."""
+        return {
+            "deployments": self.deployments_of(model),
+            "anthropic_default_max_tokens": self.anthropic_default_max_tokens,
+        }
 
     def _needs(
         self,
